@@ -1,0 +1,38 @@
+"""Command line: `python -m ftkit doctor | prepare | profiles` (also installed as `ftkit`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="ftkit", description="helpers for the fine-tuning course")
+    sub = parser.add_subparsers(dest="command", required=True)
+    doctor = sub.add_parser("doctor", help="check Python, libraries, device, RAM, disk, Hub and models")
+    doctor.add_argument("--no-load", action="store_true", help="do not load the packaged encoder")
+    prepare = sub.add_parser("prepare", help="convert the packaged GGUF causal LM to the safetensors cache")
+    prepare.add_argument("--force", action="store_true", help="convert again even if the cache exists")
+    sub.add_parser("profiles", help="print the run-profile table")
+    args = parser.parse_args(argv)
+
+    import ftkit  # noqa: F401  (probes the Hub and sets offline mode first)
+
+    if args.command == "doctor":
+        from .doctor import run
+
+        return run(load_models=not args.no_load)
+    if args.command == "prepare":
+        from .models import prepare_causal
+
+        print(prepare_causal(force=args.force))
+        return 0
+    from .env import PROFILES
+
+    for p in PROFILES.values():
+        print(f"{p.name:<6} models={p.models} train={p.train_size} eval={p.eval_size} epochs={p.epochs} "
+              f"max_steps={p.max_steps} batch={p.batch_size} max_length={p.max_length} lr={p.learning_rate}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

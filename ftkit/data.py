@@ -1,0 +1,244 @@
+"""The course data pack: licensed samples of real datasets, shipped inside ftkit (see datapack/README.md).
+
+`load(name)` returns a `datasets.DatasetDict`. Classification sets get a `ClassLabel` "label" column,
+so `ds["train"].features["label"].names` gives the label names. NER sets keep IOB2 string "tags".
+Every load is validated; bad input raises a ValueError that says what to fix.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+PACK = Path(__file__).resolve().parent / "datapack"
+
+
+@dataclass(frozen=True)
+class Spec:
+    folder: str  # under datapack/
+    kind: str  # classification | ner | instruct | corpus
+    splits: tuple
+    label_names: tuple = ()  # classification: names in label-id order (ints in the files index these)
+    entity_types: tuple = ()  # ner
+    hub_id: str | None = None  # a parquet-backed Hub dataset with the same content, if one is known
+    description: str = ""
+
+
+def _banking77_labels() -> tuple:
+    rows = _read_jsonl(PACK / "intent/banking77/train.jsonl")
+    return tuple(sorted({r["label"] for r in rows}))
+
+
+DATASETS = {
+    "rotten_tomatoes": Spec("sentiment/rotten_tomatoes", "classification", ("train", "validation", "test"),
+                            ("negative", "positive"), hub_id="cornell-movie-review-data/rotten_tomatoes",
+                            description="movie-review sentences, binary sentiment"),
+    "uci_reviews": Spec("sentiment/uci_reviews", "classification", ("train", "test"), ("negative", "positive"),
+                        description="Yelp/Amazon/IMDb sentences, binary sentiment, with a `source` column"),
+    "banking77": Spec("intent/banking77", "classification", ("train", "test"), (), hub_id="PolyAI/banking77",
+                      description="online-banking queries, 77 intents"),
+    "medquad_qtype": Spec("domain/medquad/qtype", "classification", ("train", "test"),
+                          ("causes", "exams and tests", "frequency", "genetic changes", "information",
+                           "inheritance", "symptoms", "treatment"),
+                          description="medical questions, 8 question types"),
+    "wikigold": Spec("ner/wikigold", "ner", ("train", "validation", "test"), entity_types=("PER", "LOC", "ORG", "MISC"),
+                     description="Wikipedia sentences, IOB2 PER/LOC/ORG/MISC"),
+    "wnut17": Spec("ner/wnut17", "ner", ("train", "validation", "test"),
+                   entity_types=("person", "location", "group", "corporation", "product", "creative-work"),
+                   description="noisy user text, IOB2, 6 emerging-entity types"),
+    "dolly": Spec("instruct/dolly", "instruct", ("train", "test"), hub_id="databricks/databricks-dolly-15k",
+                  description="instruction/response pairs (CC BY-SA 3.0)"),
+    "medquad_corpus": Spec("domain/medquad/corpus.txt", "corpus", ("train",),
+                           description="medical paragraphs for masked-LM domain adaptation"),
+}
+COLUMNS = {
+    "classification": ("text", "label"),
+    "ner": ("tokens", "tags"),
+    "instruct": ("instruction", "context", "response", "category"),
+    "corpus": ("text",),
+}
+
+
+# --------------------------------------------------------------------------- validation
+def require_columns(ds, columns, what: str = "dataset") -> None:
+    """Raise a ValueError naming each missing column and the columns that do exist."""
+    have = list(ds.column_names)
+    missing = [c for c in columns if c not in have]
+    if missing:
+        raise ValueError(f"{what} has no column {missing[0]!r} (columns: {have}); "
+                         f"rename yours with ds.rename_column(old, {missing[0]!r})")
+
+
+def require_rows(ds, what: str = "split") -> None:
+    if len(ds) == 0:
+        raise ValueError(f"{what} is empty: it needs at least one row")
+
+
+def check_labels(labels, allowed, column: str = "label") -> None:
+    """Every label must be in `allowed`; the error names the first offender and its row."""
+    allowed_set = set(allowed)
+    for row, label in enumerate(labels):
+        if label not in allowed_set:
+            shown = sorted(allowed_set, key=str)[:10]
+            raise ValueError(f"{column} {label!r} in row {row} is not in the label set {shown}"
+                             f"{' ...' if len(allowed_set) > 10 else ''}")
+
+
+def validate_iob2(tags, types=None, where: str = "") -> None:
+    """Raise ValueError at the first tag that breaks IOB2 (an I-X must follow B-X or I-X)."""
+    prev = "O"
+    for i, tag in enumerate(tags):
+        if tag != "O":
+            if not isinstance(tag, str) or len(tag) < 3 or tag[1] != "-" or tag[0] not in "BI":
+                raise ValueError(f"{where}tag {tag!r} at position {i} is not O, B-TYPE or I-TYPE")
+            if types is not None and tag[2:] not in types:
+                raise ValueError(f"{where}tag {tag!r} at position {i} has unknown type {tag[2:]!r}; types: {list(types)}")
+            if tag[0] == "I" and (prev == "O" or prev[2:] != tag[2:]):
+                raise ValueError(f"{where}invalid IOB2 at position {i}: {tag!r} follows {prev!r}; "
+                                 f"an entity must start with B-{tag[2:]} (convert IOB1 with ftkit.ner.iob1_to_iob2)")
+        prev = tag
+
+
+def validate(dsdict, kind: str, label_names=(), entity_types=None) -> None:
+    """Check columns, non-empty splits, the label set and IOB2 for every split."""
+    for split, ds in dsdict.items():
+        what = f"split {split!r}"
+        require_rows(ds, what)
+        require_columns(ds, COLUMNS[kind], what)
+        if kind == "classification" and label_names:
+            check_labels(ds["label"], range(len(label_names)), "label")
+        if kind == "ner":
+            for row, (tokens, tags) in enumerate(zip(ds["tokens"], ds["tags"])):
+                if len(tokens) != len(tags):
+                    raise ValueError(f"{what} row {row}: {len(tokens)} tokens but {len(tags)} tags; they must match")
+                validate_iob2(tags, entity_types, where=f"{what} row {row}: ")
+
+
+# --------------------------------------------------------------------------- loading
+def _read_jsonl(path: Path) -> list:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _spec(name: str) -> Spec:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+def label_names(name: str) -> tuple:
+    spec = _spec(name)
+    if spec.kind != "classification":
+        raise ValueError(f"{name!r} is a {spec.kind} dataset and has no label names")
+    return spec.label_names or _banking77_labels()
+
+
+def _encode_labels(rows, names):
+    """String labels (banking77, medquad) become ids in `names`; int labels are checked against it."""
+    index = {n: i for i, n in enumerate(names)}
+    raw = [r["label"] for r in rows]
+    if all(isinstance(x, int) for x in raw):
+        check_labels(raw, range(len(names)))
+        return raw
+    check_labels(raw, names)
+    return [index[x] for x in raw]
+
+
+def _packaged(name: str):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+
+    spec = _spec(name)
+    if spec.kind == "corpus":
+        lines = (PACK / spec.folder).read_text(encoding="utf-8").splitlines()
+        return DatasetDict({"train": Dataset.from_dict({"text": lines})})
+    out = {}
+    for split in spec.splits:
+        rows = _read_jsonl(PACK / spec.folder / f"{split}.jsonl")
+        if spec.kind == "classification":
+            names = label_names(name)
+            labels = _encode_labels(rows, names)
+            columns = {k: [r[k] for r in rows] for k in rows[0] if k != "label"}
+            features = Features({**{k: Value("string") for k in columns}, "label": ClassLabel(names=list(names))})
+            ds = Dataset.from_dict({**columns, "label": labels}, features=features)
+        else:
+            ds = Dataset.from_list(rows)
+        out[split] = ds
+    return DatasetDict(out)
+
+
+def _hub(name: str):
+    from datasets import load_dataset
+
+    spec = _spec(name)
+    if spec.hub_id is None:
+        raise ValueError(f"{name!r} has no parquet-backed Hub copy that ftkit knows; use source='packaged'")
+    from .env import is_offline
+
+    if is_offline():
+        raise ValueError(f"the Hub is unreachable (offline mode), so {name!r} cannot come from source='hub'; "
+                         "use source='packaged'")
+    # Parquet/JSON Hub repos only: datasets >= 4 refuses loading scripts, and we never pass trust_remote_code.
+    ds = load_dataset(spec.hub_id)
+    if name == "dolly":  # the Hub copy has one split; hold out 10% like the packaged one
+        ds = ds["train"].train_test_split(test_size=0.1, seed=13)
+    return ds
+
+
+def load(name: str, source: str = "packaged"):
+    """Load a course dataset as a DatasetDict, validated. `source` is "packaged" (offline) or "hub"."""
+    if source not in ("packaged", "hub"):
+        raise ValueError(f"source must be 'packaged' or 'hub', not {source!r}")
+    spec = _spec(name)
+    ds = _packaged(name) if source == "packaged" else _hub(name)
+    names = ds["train"].features["label"].names if spec.kind == "classification" else ()
+    validate(ds, spec.kind, names, spec.entity_types or None)
+    return ds
+
+
+# --------------------------------------------------------------------------- subsets
+def take(ds, n: int | None, seed: int = 0, stratify: str | None = None):
+    """A deterministic subset of `n` rows (all rows when n is None or larger than the split).
+
+    With `stratify="label"` every class gets an equal share (as far as the class sizes allow),
+    so even a 16-row smoke subset of a binary task has both classes.
+    """
+    if n is None or n >= len(ds):
+        return ds
+    if n <= 0:
+        raise ValueError(f"subset size must be positive, got {n}")
+    shuffled = ds.shuffle(seed=seed)
+    if stratify is None:
+        return shuffled.select(range(n))
+    require_columns(ds, [stratify])
+    by_class: dict = {}
+    for i, label in enumerate(shuffled[stratify]):
+        by_class.setdefault(label, []).append(i)
+    picked, queues = [], [list(v) for _, v in sorted(by_class.items())]
+    while len(picked) < n:  # round-robin over classes keeps the shares equal
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop(0))
+    return shuffled.select(sorted(picked))
+
+
+def for_profile(ds, cfg, stratify: str | None = "label", seed: int = 0):
+    """Cut a DatasetDict to the profile's sizes: train_size for train, eval_size for the other splits."""
+    from datasets import DatasetDict
+
+    profile = getattr(cfg, "profile", cfg)
+    strat = stratify if stratify in ds["train"].column_names else None
+    return DatasetDict({split: take(part, profile.train_size if split == "train" else profile.eval_size,
+                                    seed=seed, stratify=strat)
+                        for split, part in ds.items()})
+
+
+def attribution(name: str) -> str:
+    """Where the data came from and its license, from the data pack README."""
+    spec = _spec(name)
+    readme = (PACK / "README.md").read_text(encoding="utf-8")
+    section = readme.split(f"## {spec.folder.split('/corpus')[0].split('/qtype')[0]}", 1)
+    if len(section) < 2:
+        return spec.description
+    body = section[1].split("\n## ", 1)[0]
+    keep = [p.strip() for p in body.split("\n\n") if p.strip().startswith(("**Source.**", "**License.**"))]
+    return "\n".join(keep)

@@ -1,0 +1,234 @@
+"""Where am I running? Offline detection, run profiles and the one-call notebook set-up.
+
+This module must stay importable without torch or transformers: `import ftkit` runs
+`ensure_offline_mode()` before anything from Hugging Face is imported.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import threading
+import urllib.request
+from dataclasses import dataclass, field, replace
+
+HUB_URL = "https://huggingface.co"
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+_TRUE = {"1", "true", "yes", "on"}
+
+
+# --------------------------------------------------------------------------- offline detection
+def _probe(url: str, timeout: float) -> bool:
+    """True when any HTTP answer comes back from `url` within `timeout` seconds.
+
+    urllib honours HTTPS_PROXY, but name resolution cannot be given a timeout, so the
+    request runs in a daemon thread and we stop waiting for it after `timeout` seconds.
+    """
+    answer: list[bool] = []
+
+    def attempt():
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+            answer.append(True)
+        except urllib.error.HTTPError:  # an HTTP error status still proves the Hub is reachable
+            answer.append(True)
+        except Exception:
+            answer.append(False)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(answer and answer[0])
+
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """Probe the Hugging Face Hub once per process tree (the answer is kept in FTKIT_HUB_REACHABLE)."""
+    cached = os.environ.get("FTKIT_HUB_REACHABLE")
+    if cached in ("0", "1"):
+        return cached == "1"
+    reachable = _probe(HUB_URL, timeout)
+    os.environ["FTKIT_HUB_REACHABLE"] = "1" if reachable else "0"
+    return reachable
+
+
+def is_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
+
+
+def ensure_offline_mode() -> bool:
+    """Switch Hugging Face libraries to offline mode when the Hub cannot be reached.
+
+    Without this, a Hub load on a closed network retries for 23-73 s before it fails.
+    Returns True when offline mode is on. A user's explicit HF_HUB_OFFLINE always wins.
+    """
+    if "HF_HUB_OFFLINE" in os.environ:
+        return is_offline()
+    if hub_reachable():
+        return False
+    for var in _OFFLINE_VARS:
+        os.environ[var] = "1"
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:  # already imported by the user: its constant was read at import time
+        hub.HF_HUB_OFFLINE = True
+    return True
+
+
+# --------------------------------------------------------------------------- run profiles
+@dataclass(frozen=True)
+class Profile:
+    """Everything that changes between a CI smoke run, a laptop and a Colab GPU."""
+
+    name: str
+    models: dict  # role -> model id or the word "packaged"
+    train_size: int | None  # examples per training split (None = all)
+    eval_size: int | None  # examples per evaluation split (None = all)
+    epochs: float
+    max_steps: int  # -1 = run the epochs
+    batch_size: int
+    max_length: int
+    learning_rate: float = 5e-5
+    extra: dict = field(default_factory=dict)
+
+    def with_(self, **changes) -> "Profile":
+        return replace(self, **changes)
+
+
+ONLINE_MODELS = {
+    "encoder": "distilbert-base-uncased",  # has its masked-LM head, unlike the packaged MiniLM
+    "sentence": "sentence-transformers/all-MiniLM-L6-v2",
+    "causal": "HuggingFaceTB/SmolLM2-135M",
+}
+PACKAGED = {"encoder": "packaged", "sentence": "packaged", "causal": "packaged"}
+
+PROFILES = {
+    "smoke": Profile("smoke", PACKAGED, train_size=64, eval_size=64, epochs=1, max_steps=8,
+                     batch_size=16, max_length=48, learning_rate=1e-4),
+    "cpu": Profile("cpu", PACKAGED, train_size=2000, eval_size=None, epochs=2, max_steps=-1,
+                   batch_size=32, max_length=64, learning_rate=5e-5),
+    "gpu": Profile("gpu", ONLINE_MODELS, train_size=None, eval_size=None, epochs=3, max_steps=-1,
+                   batch_size=32, max_length=128, learning_rate=5e-5),
+}
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def choose_profile() -> str:
+    """FTKIT_PROFILE wins; CI and pytest get smoke; a CUDA GPU gets gpu; everything else cpu."""
+    wanted = os.environ.get("FTKIT_PROFILE", "").strip().lower()
+    if wanted:
+        if wanted not in PROFILES:
+            raise ValueError(f"FTKIT_PROFILE={wanted!r} is not a profile; use one of {sorted(PROFILES)}")
+        return wanted
+    if os.environ.get("CI", "").lower() in _TRUE or "PYTEST_CURRENT_TEST" in os.environ:
+        return "smoke"
+    return "gpu" if has_cuda() else "cpu"
+
+
+def get_profile(name: str | None = None) -> Profile:
+    name = name or choose_profile()
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; use one of {sorted(PROFILES)}")
+    return PROFILES[name]
+
+
+# --------------------------------------------------------------------------- notebook set-up
+@dataclass
+class Setup:
+    """What `ftkit.setup()` found; notebooks read `cfg.profile`, `cfg.device` and friends."""
+
+    profile: Profile
+    device: str
+    offline: bool
+    seed: int
+    in_colab: bool
+
+    def __getattr__(self, item):  # cfg.batch_size reads through to the profile
+        return getattr(self.profile, item)
+
+    def model(self, role: str) -> str:
+        from .models import resolve
+
+        return resolve(role, self)
+
+
+def in_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+
+
+def quiet_logs() -> None:
+    """Keep the notebook readable: warnings that a learner cannot act on are hidden."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for name in ("transformers", "datasets", "evaluate", "sentence_transformers", "setfit",
+                 "huggingface_hub", "peft", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["torch", "transformers", "datasets", "evaluate", "peft", "setfit",
+             "sentence-transformers", "ipywidgets", "plotly"]
+    out = {"python": sys.version.split()[0]}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def setup(profile: str | None = None, seed: int = 42, verbose: bool = True) -> Setup:
+    """The first call of every notebook: profile, device, offline state, seeds, quiet logs, widgets."""
+    offline = ensure_offline_mode()
+    prof = get_profile(profile)
+    quiet_logs()
+    seed_everything(seed)
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    colab = in_colab()
+    if colab:
+        from google.colab import output  # type: ignore
+
+        output.enable_custom_widget_manager()  # ipywidgets 8 needs it in Colab
+    cfg = Setup(prof, device, offline, seed, colab)
+    if verbose:
+        versions = " ".join(f"{k}={v}" for k, v in library_versions().items())
+        print(f"ftkit profile={prof.name} device={device} offline={offline} seed={seed}")
+        print(f"versions: {versions}")
+    return cfg

@@ -1,0 +1,219 @@
+"""A thin layer over `transformers.Trainer`: freezing by module name, parameter counts, and a
+`RunResult` for every run (metrics, trainable params, seconds, peak memory, loss history)."""
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+BLOCK_LIST_NAMES = ("layer", "layers", "h", "block", "blocks")  # BERT, Llama, GPT-2, T5 ...
+EMBEDDING_MARKERS = ("embeddings", "embed_tokens", "wte", "wpe", "shared")
+
+
+# --------------------------------------------------------------------------- parameters and freezing
+def count_params(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights are counted once."""
+    seen, trainable, total = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+def find_blocks(model):
+    """(name, ModuleList) of the model's stack of transformer blocks, found by module name.
+
+    We look for ModuleLists called layer/layers/h/block(s) and take the longest, so the code
+    works for BERT (`bert.encoder.layer`), DistilBERT (`distilbert.transformer.layer`) and
+    Llama (`model.layers`) without a single hard-coded index.
+    """
+    import torch.nn as nn
+
+    found = [(name, module) for name, module in model.named_modules()
+             if isinstance(module, nn.ModuleList) and name.split(".")[-1] in BLOCK_LIST_NAMES]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no ModuleList named one of {BLOCK_LIST_NAMES}")
+    return max(found, key=lambda item: len(item[1]))
+
+
+def is_embedding(param_name: str) -> bool:
+    return any(marker in param_name.split(".") for marker in EMBEDDING_MARKERS)
+
+
+def freeze_bottom(model, n_frozen: int) -> list[str]:
+    """Freeze the embeddings and the first `n_frozen` blocks; everything above stays trainable.
+
+    n_frozen = 0 trains all layers (full fine-tuning); n_frozen = depth trains only what sits on
+    top of the encoder (pooler + classifier: "head only"). Returns the names of frozen blocks.
+    """
+    blocks_name, blocks = find_blocks(model)
+    depth = len(blocks)
+    if not isinstance(n_frozen, int) or not 0 <= n_frozen <= depth:
+        raise ValueError(f"n_frozen must be an integer in 0..{depth} ({type(model).__name__} has {depth} "
+                         f"blocks in {blocks_name}), got {n_frozen!r}")
+    for p in model.parameters():
+        p.requires_grad = True
+    if n_frozen == 0:
+        return []
+    frozen = [f"{blocks_name}.{i}" for i in range(n_frozen)]
+    for name, p in model.named_parameters():
+        if is_embedding(name) or any(name.startswith(prefix + ".") for prefix in frozen):
+            p.requires_grad = False
+    return frozen
+
+
+def trainable_groups(model) -> list[dict]:
+    """One row per parameter group (embeddings, each block, everything else by top module)."""
+    blocks_name, blocks = find_blocks(model)
+    groups: dict = {}
+    for name, p in model.named_parameters():
+        if is_embedding(name):
+            key = "embeddings"
+        elif name.startswith(blocks_name + "."):
+            key = ".".join(name.split(".")[: blocks_name.count(".") + 2])
+        else:
+            key = name.rsplit(".", 1)[0]
+        g = groups.setdefault(key, {"group": key, "params": 0, "trainable": 0})
+        g["params"] += p.numel()
+        g["trainable"] += p.numel() if p.requires_grad else 0
+    for g in groups.values():
+        g["state"] = "trainable" if g["trainable"] == g["params"] else ("frozen" if g["trainable"] == 0 else "partly")
+    return list(groups.values())
+
+
+# --------------------------------------------------------------------------- memory
+class PeakMemory:
+    """Peak memory above the starting point while the block runs, in MB.
+
+    On CUDA: torch's peak allocated bytes. On CPU: the process RSS sampled every 10 ms, so the
+    figure is approximate, and memory Python keeps from an earlier run is not counted again.
+    """
+
+    def __init__(self, device: str = "cpu"):
+        self.device, self.peak_mb, self._stop = device, 0.0, threading.Event()
+
+    def __enter__(self):
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            self._start = torch.cuda.memory_allocated()
+        else:
+            import psutil
+
+            proc = psutil.Process()
+            self._start = proc.memory_info().rss
+            self._max = self._start
+
+            def sample():
+                while not self._stop.wait(0.01):
+                    self._max = max(self._max, proc.memory_info().rss)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            import torch
+
+            self.peak_mb = (torch.cuda.max_memory_allocated() - self._start) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            import psutil
+
+            self._max = max(self._max, psutil.Process().memory_info().rss)
+            self.peak_mb = (self._max - self._start) / 2**20
+        return False
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class RunResult:
+    name: str
+    metrics: dict
+    trainable_params: int
+    total_params: int
+    seconds: float
+    peak_mem_mb: float
+    loss_history: list = field(default_factory=list)  # [(step, loss)]
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def trainable_pct(self) -> float:
+        return 100.0 * self.trainable_params / max(self.total_params, 1)
+
+    def row(self) -> dict:
+        return {"setup": self.name, **{k: v for k, v in self.metrics.items() if isinstance(v, (int, float))},
+                "trainable params": self.trainable_params, "% trainable": round(self.trainable_pct, 3),
+                "seconds": round(self.seconds, 1), "peak RAM MB": round(self.peak_mem_mb, 1), **self.extra}
+
+
+@contextmanager
+def measure(model=None, device: str = "cpu"):
+    """Time and peak memory of a block: `with measure(model) as m: ...; m["seconds"]`."""
+    box: dict = {}
+    trainable, total = count_params(model) if model is not None else (0, 0)
+    start = time.perf_counter()
+    with PeakMemory(device) as mem:
+        yield box
+    box.update(seconds=time.perf_counter() - start, peak_mem_mb=mem.peak_mb,
+               trainable_params=trainable, total_params=total)
+
+
+# --------------------------------------------------------------------------- Trainer
+def training_args(cfg, output_dir: str | None = None, **overrides):
+    """TrainingArguments from the profile: batch size, epochs/max steps, learning rate, seed."""
+    from transformers import TrainingArguments
+
+    profile = getattr(cfg, "profile", cfg)
+    device = getattr(cfg, "device", "cpu")
+    args = dict(
+        output_dir=output_dir or tempfile.mkdtemp(prefix="ftkit-run-"),
+        per_device_train_batch_size=profile.batch_size,
+        per_device_eval_batch_size=profile.batch_size * 2,
+        num_train_epochs=profile.epochs,
+        max_steps=profile.max_steps,
+        learning_rate=profile.learning_rate,
+        weight_decay=0.01,
+        warmup_steps=0,
+        logging_steps=max(1, min(10, profile.max_steps if profile.max_steps > 0 else 10)),
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=False,
+        seed=getattr(cfg, "seed", 42),
+        use_cpu=device == "cpu",
+        fp16=device == "cuda",
+        dataloader_num_workers=0,
+    )
+    args.update(overrides)
+    return TrainingArguments(**args)
+
+
+def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_metrics=None,
+        data_collator=None, **arg_overrides) -> RunResult:
+    """Train `model` on `train_ds`, evaluate on `eval_ds`, and return a RunResult.
+
+    Padding is dynamic (per batch) when a tokenizer is given and no collator is.
+    """
+    from transformers import DataCollatorWithPadding, Trainer
+
+    if data_collator is None and tokenizer is not None:
+        data_collator = DataCollatorWithPadding(tokenizer)
+    trainer = Trainer(model=model, args=training_args(cfg, **arg_overrides), train_dataset=train_ds,
+                      eval_dataset=eval_ds, data_collator=data_collator, compute_metrics=compute_metrics,
+                      processing_class=tokenizer)
+    with measure(model, getattr(cfg, "device", "cpu")) as m:
+        trainer.train()
+    metrics = trainer.evaluate() if eval_ds is not None else {}
+    metrics = {k.removeprefix("eval_"): v for k, v in metrics.items()
+               if not k.endswith(("runtime", "per_second")) and k != "epoch"}
+    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    return RunResult(name, metrics, m["trainable_params"], m["total_params"], m["seconds"], m["peak_mem_mb"], losses)

@@ -1,0 +1,127 @@
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from ftkit import data
+
+SIZES = {
+    "rotten_tomatoes": {"train": 8530, "validation": 1066, "test": 1066},
+    "uci_reviews": {"train": 2385, "test": 597},
+    "banking77": {"train": 10003, "test": 3074},
+    "medquad_qtype": {"train": 10861, "test": 2714},
+    "wikigold": {"train": 1350, "validation": 169, "test": 168},
+    "wnut17": {"train": 3394, "validation": 1009, "test": 1287},
+    "dolly": {"train": 544, "test": 60},
+    "medquad_corpus": {"train": 5642},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_every_dataset_loads_with_its_schema_and_sizes(name):
+    ds = data.load(name)
+    assert {k: len(v) for k, v in ds.items()} == SIZES[name]
+    kind = data.DATASETS[name].kind
+    for split in ds.values():
+        assert set(data.COLUMNS[kind]) <= set(split.column_names)
+
+
+def test_label_names():
+    assert data.label_names("rotten_tomatoes") == ("negative", "positive")
+    assert len(data.label_names("banking77")) == 77
+    ds = data.load("medquad_qtype")
+    assert ds["train"].features["label"].names == list(data.label_names("medquad_qtype"))
+
+
+def test_the_shipped_pack_passes_its_own_checker():
+    out = subprocess.run([sys.executable, str(data.PACK / "check_data.py")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:]
+    assert "ALL OK" in out.stdout
+
+
+def test_the_wheel_ships_the_data_pack_licenses_and_metrics(tmp_path):
+    root = data.PACK.parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(root)], check=True, capture_output=True)
+    names = set(zipfile.ZipFile(next(tmp_path.glob("ftkit-*.whl"))).namelist())
+    expected = {f"ftkit/{p.relative_to(root / 'ftkit').as_posix()}" for p in data.PACK.rglob("*") if p.is_file()
+                and "__pycache__" not in p.parts}
+    expected |= {f"ftkit/metrics/{m}/{m}.py" for m in ("accuracy", "f1_macro", "seqeval", "rouge")}
+    assert expected - names == set()
+    assert "ftkit/datapack/LICENSES/dolly_LICENSE.txt" in names
+
+
+def test_unknown_dataset_names_the_choices():
+    with pytest.raises(ValueError, match="unknown dataset 'imdb'; choose one of"):
+        data.load("imdb")
+
+
+def test_unknown_source():
+    with pytest.raises(ValueError, match="source must be 'packaged' or 'hub'"):
+        data.load("dolly", source="web")
+
+
+def test_hub_source_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="offline mode"):
+        data.load("rotten_tomatoes", source="hub")
+    with pytest.raises(ValueError, match="no parquet-backed Hub copy"):
+        data.load("wikigold", source="hub")
+
+
+def test_missing_column_names_the_column():
+    ds = DatasetDict({"train": Dataset.from_dict({"sentence": ["a"], "label": [0]})})
+    with pytest.raises(ValueError, match="has no column 'text'.*rename_column"):
+        data.validate(ds, "classification", ("neg", "pos"))
+
+
+def test_empty_split():
+    ds = DatasetDict({"train": Dataset.from_dict({"text": [], "label": []})})
+    with pytest.raises(ValueError, match="split 'train' is empty"):
+        data.validate(ds, "classification", ("neg", "pos"))
+
+
+def test_label_outside_the_label_set():
+    ds = DatasetDict({"train": Dataset.from_dict({"text": ["a", "b"], "label": [0, 2]})})
+    with pytest.raises(ValueError, match=r"label 2 in row 1 is not in the label set"):
+        data.validate(ds, "classification", ("neg", "pos"))
+
+
+@pytest.mark.parametrize("tags, message", [
+    (["O", "I-PER"], "invalid IOB2 at position 1: 'I-PER' follows 'O'"),
+    (["B-LOC", "I-PER"], "'I-PER' follows 'B-LOC'"),
+    (["B-XYZ"], "unknown type 'XYZ'"),
+    (["PER"], "is not O, B-TYPE or I-TYPE"),
+])
+def test_invalid_iob2(tags, message):
+    with pytest.raises(ValueError, match=message):
+        data.validate_iob2(tags, ("PER", "LOC"))
+
+
+def test_ner_length_mismatch():
+    ds = DatasetDict({"train": Dataset.from_dict({"tokens": [["New", "York"]], "tags": [["B-LOC"]]})})
+    with pytest.raises(ValueError, match="2 tokens but 1 tags"):
+        data.validate(ds, "ner", entity_types=("LOC",))
+
+
+def test_take_is_deterministic_and_stratified():
+    train = data.load("rotten_tomatoes")["train"]
+    a = data.take(train, 16, seed=3, stratify="label")
+    b = data.take(train, 16, seed=3, stratify="label")
+    assert a["text"] == b["text"]
+    assert sorted(a["label"]) == [0] * 8 + [1] * 8
+    assert data.take(train, 16, seed=4, stratify="label")["text"] != a["text"]
+    with pytest.raises(ValueError, match="subset size must be positive"):
+        data.take(train, 0)
+
+
+def test_for_profile_cuts_to_the_profile_sizes(cfg):
+    ds = data.for_profile(data.load("rotten_tomatoes"), cfg)
+    assert len(ds["train"]) == cfg.train_size and len(ds["test"]) == cfg.eval_size
+
+
+def test_attribution_quotes_the_license():
+    assert "CC BY-SA 3.0" in data.attribution("dolly")
+    assert "CC BY 4.0" in data.attribution("wikigold")

@@ -1,0 +1,88 @@
+import math
+
+import pytest
+
+from ftkit import data, metrics, models, train
+from ftkit.results import ResultsTable
+
+
+@pytest.fixture()
+def minilm(cfg):
+    return models.load_classifier(["negative", "positive"], cfg)
+
+
+def test_find_blocks_by_name(minilm):
+    name, blocks = train.find_blocks(minilm)
+    assert name == "bert.encoder.layer" and len(blocks) == 6
+
+
+def test_find_blocks_on_a_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tiny = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=100))
+    name, blocks = train.find_blocks(tiny)
+    assert name == "model.layers" and len(blocks) == 3
+
+
+def test_freeze_all_blocks_leaves_only_the_head(minilm):
+    train.freeze_bottom(minilm, 6)
+    trainable = {n for n, p in minilm.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("classifier.", "bert.pooler.")) for n in trainable)
+
+
+def test_freeze_some_blocks(minilm):
+    frozen = train.freeze_bottom(minilm, 4)
+    assert frozen == [f"bert.encoder.layer.{i}" for i in range(4)]
+    states = {g["group"]: g["state"] for g in train.trainable_groups(minilm)}
+    assert states["embeddings"] == "frozen" and states["bert.encoder.layer.3"] == "frozen"
+    assert states["bert.encoder.layer.4"] == "trainable" and states["classifier"] == "trainable"
+
+
+def test_freeze_none_is_full_fine_tuning(minilm):
+    train.freeze_bottom(minilm, 0)
+    trainable, total = train.count_params(minilm)
+    assert trainable == total > 22_000_000
+
+
+@pytest.mark.parametrize("bad", [-1, 7, 2.5])
+def test_freeze_out_of_range(minilm, bad):
+    with pytest.raises(ValueError, match=r"n_frozen must be an integer in 0..6"):
+        train.freeze_bottom(minilm, bad)
+
+
+def test_count_params_counts_tied_weights_once():
+    import torch.nn as nn
+
+    emb = nn.Embedding(10, 4)
+    head = nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight
+    assert train.count_params(nn.ModuleList([emb, head])) == (40, 40)
+
+
+def test_fit_trains_evaluates_and_measures(cfg, minilm):
+    tok = models.load_tokenizer("encoder", cfg)
+    ds = data.for_profile(data.load("rotten_tomatoes"), cfg)
+    ds = ds.map(lambda b: tok(b["text"], truncation=True, max_length=cfg.max_length), batched=True)
+    train.freeze_bottom(minilm, 5)
+    result = train.fit(minilm, ds["train"], ds["test"], cfg, name="last-1", tokenizer=tok,
+                       compute_metrics=metrics.compute_classification)
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0 and "macro_f1" in result.metrics
+    assert result.trainable_params < result.total_params
+    assert result.loss_history and all(math.isfinite(loss) for _, loss in result.loss_history)
+    assert result.seconds > 0 and result.peak_mem_mb >= 0
+    table = ResultsTable()
+    table.add(result)
+    assert table.get("last-1")["accuracy"] == result.metrics["accuracy"]
+
+
+def test_results_table_charts_and_errors():
+    table = ResultsTable()
+    table.add({"setup": "a", "accuracy": 0.7, "trainable params": 10})
+    table.add({"setup": "b", "accuracy": 0.8, "trainable params": 1000})
+    fig = table.scatter("trainable params", "accuracy", log_x=True)
+    assert list(fig.data[0].y) == [0.7, 0.8] and list(fig.data[0].text) == ["a", "b"]
+    with pytest.raises(ValueError, match="no column 'f1'"):
+        table.bar("f1")
+    with pytest.raises(ValueError, match="needs a 'setup'"):
+        table.add({"accuracy": 1.0})
