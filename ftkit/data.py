@@ -84,6 +84,16 @@ def check_labels(labels, allowed, column: str = "label") -> None:
                              f"{' ...' if len(allowed_set) > 10 else ''}")
 
 
+def check_classification(ds, text_column: str = "text", label_column: str = "label") -> None:
+    """A training split for a classifier: both columns exist, rows exist, and at least two classes occur."""
+    require_columns(ds, [text_column, label_column], "training data")
+    require_rows(ds, "training data")
+    classes = sorted(set(ds[label_column]), key=str)
+    if len(classes) < 2:
+        raise ValueError(f"training data has a single class in {label_column!r} ({classes[0]!r}); "
+                         "a classifier needs examples of at least two classes")
+
+
 def validate_iob2(tags, types=None, where: str = "") -> None:
     """Raise ValueError at the first tag that breaks IOB2 (an I-X must follow B-X or I-X)."""
     prev = "O"

@@ -125,3 +125,14 @@ def test_for_profile_cuts_to_the_profile_sizes(cfg):
 def test_attribution_quotes_the_license():
     assert "CC BY-SA 3.0" in data.attribution("dolly")
     assert "CC BY 4.0" in data.attribution("wikigold")
+
+
+def test_check_classification_names_the_problem():
+    ok = Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]})
+    data.check_classification(ok)
+    with pytest.raises(ValueError, match="has no column 'sentence'"):
+        data.check_classification(ok, text_column="sentence")
+    with pytest.raises(ValueError, match="has no column 'y'"):
+        data.check_classification(ok, label_column="y")
+    with pytest.raises(ValueError, match="single class in 'label' \\(1\\)"):
+        data.check_classification(Dataset.from_dict({"text": ["a", "b"], "label": [1, 1]}))

@@ -1,0 +1,175 @@
+"""Session 01: feature-based vs parameter-based fine-tuning.
+
+Feature-based: the pretrained encoder stays frozen and turns each sentence into a vector once
+(`embed`, mean pooling, cached on disk); a separate small classifier learns from the vectors.
+Parameter-based: the encoder's own weights are updated: head only, the last N blocks, or all
+(`fine_tune`, which freezes by module name with `ftkit.train.freeze_bottom`).
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from . import data, metrics, models, train
+from .models import cache_dir
+
+
+# --------------------------------------------------------------------------- feature-based
+def mean_pool(last_hidden, attention_mask):
+    """Average the token vectors of each sentence, ignoring padding."""
+    mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
+    return (last_hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def embed(texts, cfg, batch_size: int = 64, model_name: str | None = None) -> np.ndarray:
+    """Mean-pooled sentence vectors from the frozen encoder, cached on disk.
+
+    The cache key is the model, the max length and the exact texts, so the same sentences are
+    embedded once however many heads (tasks) we train on them afterwards.
+    """
+    import torch
+
+    path = models.resolve("encoder", cfg, model_name)
+    texts = list(texts)
+    key = hashlib.sha256("\x00".join([path, str(cfg.max_length), *texts]).encode()).hexdigest()[:20]
+    cached = cache_dir() / "embeddings" / f"{key}.npy"
+    if cached.is_file():
+        return np.load(cached, allow_pickle=False)
+    tokenizer = models.load_tokenizer("encoder", cfg, model_name)
+    encoder = models.load_encoder(cfg, model_name).to(cfg.device).eval()
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+                              max_length=cfg.max_length, return_tensors="pt").to(cfg.device)
+            chunks.append(mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"]).cpu().numpy())
+    vectors = np.concatenate(chunks).astype(np.float32)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cached, vectors, allow_pickle=False)
+    return vectors
+
+
+def _check_xy(X, y):
+    if len(X) != len(y):
+        raise ValueError(f"{len(X)} embeddings but {len(y)} labels; they must match")
+    if len(set(np.asarray(y).tolist())) < 2:
+        raise ValueError("the labels hold a single class; a classifier needs at least two")
+
+
+def fit_logistic_regression(X, y, seed: int = 0):
+    from sklearn.linear_model import LogisticRegression
+
+    _check_xy(X, y)
+    return LogisticRegression(max_iter=2000, random_state=seed).fit(X, y)
+
+
+class MLPHead:
+    """A small torch classifier on fixed vectors: Linear -> ReLU -> Dropout -> Linear.
+
+    Same `fit` / `predict` interface as scikit-learn, so both heads plug into one function.
+    """
+
+    def __init__(self, hidden: int = 256, epochs: int = 30, lr: float = 1e-3, seed: int = 0):
+        self.hidden, self.epochs, self.lr, self.seed = hidden, epochs, lr, seed
+
+    def fit(self, X, y):
+        import torch
+        import torch.nn as nn
+
+        _check_xy(X, y)
+        torch.manual_seed(self.seed)
+        X, y = torch.as_tensor(X), torch.as_tensor(np.asarray(y), dtype=torch.long)
+        self.net = nn.Sequential(nn.Linear(X.shape[1], self.hidden), nn.ReLU(), nn.Dropout(0.1),
+                                 nn.Linear(self.hidden, int(y.max()) + 1))
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=0.01)
+        order = torch.Generator().manual_seed(self.seed)
+        self.net.train()
+        for _ in range(self.epochs):
+            for idx in torch.randperm(len(X), generator=order).split(64):
+                opt.zero_grad()
+                nn.functional.cross_entropy(self.net(X[idx]), y[idx]).backward()
+                opt.step()
+        return self
+
+    def predict(self, X):
+        import torch
+
+        self.net.eval()
+        with torch.no_grad():
+            return self.net(torch.as_tensor(X)).argmax(-1).numpy()
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+
+def head_params(head) -> int:
+    if hasattr(head, "n_params"):
+        return head.n_params()
+    return int(head.coef_.size + head.intercept_.size)  # logistic regression
+
+
+def feature_based(name: str, head, X_train, y_train, X_test, y_test, encoder_params: int) -> train.RunResult:
+    """Train a head on stored vectors and report it like any other run (the encoder counts as frozen)."""
+    with train.measure() as m:
+        head.fit(X_train, y_train)
+    scores = metrics.classification_scores(head.predict(X_test), y_test)
+    trainable = head_params(head)
+    return train.RunResult(name, scores, trainable, trainable + encoder_params, m["seconds"], m["peak_mem_mb"])
+
+
+# --------------------------------------------------------------------------- parameter-based
+def tokenize(ds, cfg, text_column: str = "text", label_column: str = "label"):
+    """Tokenize every split (no padding: the collator pads each batch to its longest sentence)."""
+    data.check_classification(ds["train"], text_column, label_column)
+    tokenizer = models.load_tokenizer("encoder", cfg)
+    keep = {text_column, label_column}
+    encoded = ds.map(lambda b: tokenizer(b[text_column], truncation=True, max_length=cfg.max_length),
+                     batched=True, remove_columns=[c for c in ds["train"].column_names if c not in keep])
+    if label_column != "label":
+        encoded = encoded.rename_column(label_column, "label")
+    return encoded.remove_columns(text_column), tokenizer
+
+
+def setup_name(n_frozen: int, depth: int) -> str:
+    if n_frozen == 0:
+        return "full"
+    if n_frozen == depth:
+        return "head only"
+    return f"last {depth - n_frozen}"
+
+
+def fine_tune(cfg, encoded, tokenizer, label_names, n_frozen: int, epochs: float | None = None,
+              learning_rate: float | None = None, name: str | None = None) -> train.RunResult:
+    """A fresh classifier with the embeddings and the first `n_frozen` blocks frozen, trained and evaluated."""
+    model = models.load_classifier(label_names, cfg)
+    frozen = train.freeze_bottom(model, n_frozen)
+    depth = len(train.find_blocks(model)[1])
+    overrides = {}
+    if epochs is not None:
+        overrides["num_train_epochs"] = epochs
+    if learning_rate is not None:
+        overrides["learning_rate"] = learning_rate
+    result = train.fit(model, encoded["train"], encoded["test"], cfg, name=name or setup_name(n_frozen, depth),
+                       tokenizer=tokenizer, compute_metrics=metrics.compute_classification, **overrides)
+    result.extra["frozen blocks"] = len(frozen)
+    return result
+
+
+def ablation_panel(cfg, encoded, tokenizer, label_names, table, depth: int):
+    """Widgets for the frozen-layers ablation: every Run adds a row to `table` and redraws the chart."""
+    from . import widgets
+
+    def run(n_frozen, epochs, learning_rate):
+        result = fine_tune(cfg, encoded, tokenizer, label_names, n_frozen, epochs, learning_rate,
+                           name=f"{setup_name(n_frozen, depth)} (ablation, {epochs} ep, lr {learning_rate:.0e})")
+        table.add(result)
+        return result
+
+    def plot(_panel):
+        return table.scatter("trainable params", "accuracy", log_x=True, title="accuracy vs trainable parameters")
+
+    controls = {"n_frozen": widgets.int_slider(depth // 2, 0, depth, "frozen blocks"),
+                "epochs": widgets.float_slider(float(cfg.epochs), 0.5, 5.0, "epochs", step=0.5),
+                "learning_rate": widgets.log_slider(cfg.learning_rate, -6, -2, "learning rate")}
+    return widgets.Panel(run, controls, plot=plot, title="Frozen-layers ablation")

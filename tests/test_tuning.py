@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+
+from ftkit import data, models, tuning
+from ftkit.results import ResultsTable
+
+
+def test_mean_pool_ignores_padding():
+    hidden = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert torch.equal(tuning.mean_pool(hidden, mask), torch.tensor([[2.0, 2.0]]))
+
+
+def test_embed_is_cached_and_deterministic(cfg, monkeypatch, tmp_path):
+    monkeypatch.setenv("FTKIT_CACHE", str(tmp_path))
+    texts = ["a fine film", "a dull film", "a fine film"]
+    first = tuning.embed(texts, cfg)
+    assert first.shape == (3, 384) and np.allclose(first[0], first[2])
+    assert len(list((tmp_path / "embeddings").glob("*.npy"))) == 1
+    monkeypatch.setattr(models, "load_encoder", lambda *a, **k: pytest.fail("must come from the cache"))
+    assert np.array_equal(tuning.embed(texts, cfg), first)
+
+
+def test_heads_learn_a_separable_problem():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(-2, 1, (40, 8)), rng.normal(2, 1, (40, 8))]).astype(np.float32)
+    y = [0] * 40 + [1] * 40
+    for head in (tuning.fit_logistic_regression(X, y), tuning.MLPHead(hidden=16, epochs=100).fit(X, y)):
+        assert (head.predict(X) == np.array(y)).mean() > 0.95
+    assert tuning.head_params(tuning.fit_logistic_regression(X, y)) == 9
+
+
+def test_feature_based_reports_a_run():
+    X = np.eye(4, dtype=np.float32).repeat(5, axis=0)
+    y = [0] * 10 + [1] * 10
+    result = tuning.feature_based("lr", tuning.MLPHead(hidden=4, epochs=5), X, y, X, y, encoder_params=1000)
+    assert result.total_params == 1000 + result.trainable_params and 0 <= result.metrics["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("X, y, message", [
+    (np.zeros((3, 2)), [0, 1], "3 embeddings but 2 labels"),
+    (np.zeros((3, 2)), [1, 1, 1], "single class"),
+])
+def test_heads_reject_bad_input(X, y, message):
+    with pytest.raises(ValueError, match=message):
+        tuning.fit_logistic_regression(X, y)
+    with pytest.raises(ValueError, match=message):
+        tuning.MLPHead().fit(X, y)
+
+
+def _tiny(labels, column="text"):
+    part = Dataset.from_dict({column: ["good", "bad", "fine", "awful"][: len(labels)], "label": labels})
+    return DatasetDict({"train": part, "test": part})
+
+
+def test_tokenize_wrong_text_column(cfg):
+    with pytest.raises(ValueError, match="has no column 'text'"):
+        tuning.tokenize(_tiny([0, 1], column="review"), cfg)
+    encoded, _ = tuning.tokenize(_tiny([0, 1], column="review"), cfg, text_column="review")
+    assert "input_ids" in encoded["train"].column_names and "review" not in encoded["train"].column_names
+
+
+def test_tokenize_wrong_label_column(cfg):
+    with pytest.raises(ValueError, match="has no column 'sentiment'"):
+        tuning.tokenize(_tiny([0, 1]), cfg, label_column="sentiment")
+
+
+def test_single_class_training_set_is_refused(cfg):
+    with pytest.raises(ValueError, match="single class"):
+        tuning.tokenize(_tiny([1, 1, 1]), cfg)
+
+
+def test_fine_tune_frozen_layers_out_of_range(cfg):
+    encoded, tok = tuning.tokenize(_tiny([0, 1, 0, 1]), cfg)
+    with pytest.raises(ValueError, match=r"n_frozen must be an integer in 0..6"):
+        tuning.fine_tune(cfg, encoded, tok, ["neg", "pos"], n_frozen=9)
+
+
+def test_setup_names():
+    assert [tuning.setup_name(n, 6) for n in (0, 4, 6)] == ["full", "last 2", "head only"]
+
+
+def test_ablation_panel_rejects_out_of_range_and_runs(cfg):
+    rt = data.for_profile(data.load("rotten_tomatoes"), cfg)
+    encoded, tok = tuning.tokenize(rt, cfg)
+    table = ResultsTable()
+    panel = tuning.ablation_panel(cfg, encoded, tok, ["negative", "positive"], table, depth=6)
+    with pytest.raises(ValueError, match="n_frozen must be in 0..6, got 7"):
+        panel.click(n_frozen=7)
+    result = panel.click(n_frozen=6, epochs=1.0)
+    assert result.name.startswith("head only") and len(table) == 1
+    assert result.extra["frozen blocks"] == 6
