@@ -1,0 +1,107 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from ftkit import lora, models
+
+
+def test_course_example_counts():
+    assert lora.lora_counts(100, 100, 10) == {"full": 10_000, "lora": 2_000, "saving %": 80.0}
+
+
+@pytest.mark.parametrize("r, message", [(0, "positive integer"), (-2, "positive integer"),
+                                        (11, r"r=11 is larger than min\(d, k\)=10")])
+def test_bad_ranks(r, message):
+    with pytest.raises(ValueError, match=message):
+        lora.lora_counts(10, 50, r)
+    with pytest.raises(ValueError, match=message):
+        lora.LoRALinear(nn.Linear(50, 10), r=r)
+
+
+def test_zero_init_equals_the_base_layer():
+    torch.manual_seed(0)
+    base = nn.Linear(12, 7)
+    layer = lora.LoRALinear(base, r=4, alpha=8)
+    x = torch.randn(3, 12)
+    assert torch.equal(layer(x), base(x))
+    assert [n for n, p in layer.named_parameters() if p.requires_grad] == ["A", "B"]
+
+
+def test_parameter_count_formula():
+    layer = lora.LoRALinear(nn.Linear(30, 20), r=5)
+    assert sum(p.numel() for p in layer.parameters() if p.requires_grad) == 5 * (20 + 30)
+
+
+def test_merged_weight_gives_the_same_output():
+    torch.manual_seed(1)
+    layer = lora.LoRALinear(nn.Linear(6, 5), r=2, alpha=4)
+    nn.init.normal_(layer.B)
+    x = torch.randn(4, 6)
+    merged = x @ layer.merged_weight().T + layer.base.bias
+    assert torch.allclose(layer(x), merged, atol=1e-6)
+
+
+def test_matches_peft_on_the_same_weights():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(2)
+    net = nn.Sequential()
+    net.add_module("proj", nn.Linear(16, 8))
+    ours = lora.LoRALinear(nn.Linear(16, 8), r=4, alpha=12)
+    ours.base.load_state_dict(net.proj.state_dict())
+    wrapped = get_peft_model(net, LoraConfig(r=4, lora_alpha=12, target_modules=["proj"], lora_dropout=0.0))
+    peft_layer = wrapped.base_model.model.proj
+    nn.init.normal_(peft_layer.lora_B["default"].weight)  # a trained-looking, non-zero B
+    ours.A.data.copy_(peft_layer.lora_A["default"].weight)
+    ours.B.data.copy_(peft_layer.lora_B["default"].weight)
+    x = torch.randn(5, 16)
+    assert torch.allclose(ours(x), wrapped(x), atol=1e-6)
+    assert not torch.allclose(ours(x), ours.base(x))
+
+
+def test_adapter_starts_as_identity_and_trains():
+    adapter = lora.BottleneckAdapter(10, 3)
+    x = torch.randn(2, 10)
+    assert torch.equal(adapter(x), x)
+    assert sum(p.numel() for p in adapter.parameters()) == 10 * 3 + 3 + 3 * 10 + 10
+    with pytest.raises(ValueError, match="bottleneck size must be positive"):
+        lora.BottleneckAdapter(10, 0)
+
+
+def test_add_adapters_to_the_encoder_keeps_its_output_and_freezes_it():
+    model = models.load_classifier(["neg", "pos"])
+    model.eval()
+    x = {"input_ids": torch.tensor([[101, 2023, 2003, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    before = model(**x).logits
+    placed = lora.add_adapters(model, bottleneck=16)
+    assert placed[0] == "bert.encoder.layer.0.output.dense" and len(placed) == 6
+    assert torch.allclose(model(**x).logits, before, atol=1e-6)
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"bert", "classifier"}  # bert.* only for the adapters
+    encoder_trainable = [n for n, p in model.named_parameters() if p.requires_grad and n.startswith("bert.")]
+    assert encoder_trainable and all(".output.dense.1." in n for n in encoder_trainable)  # the adapters only
+
+
+def test_unknown_target_module_is_a_clear_error():
+    model = models.load_classifier(["neg", "pos"])
+    with pytest.raises(ValueError, match="target module 'q_proj' matches no Linear layer"):
+        lora.add_lora(model, ["q_proj"])
+    with pytest.raises(ValueError, match="target module 'q_proj' matches no Linear layer"):
+        lora.peft_lora(model, ["q_proj"])
+    with pytest.raises(ValueError, match="larger than min"):
+        lora.peft_lora(model, ["query"], r=500)
+
+
+def test_add_lora_by_name_on_the_encoder():
+    model = models.load_classifier(["neg", "pos"])
+    names = lora.add_lora(model, ["query", "value"], r=4)
+    assert len(names) == 12 and names[0].endswith("attention.self.query")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == 12 * 4 * (384 + 384)
+
+
+def test_low_rank_errors_fall_to_zero():
+    torch.manual_seed(0)
+    W = torch.randn(20, 8) @ torch.randn(8, 30)  # rank 8
+    errors = lora.low_rank_errors(W, [1, 4, 8])
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-4
