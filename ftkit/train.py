@@ -143,6 +143,7 @@ class RunResult:
     seconds: float
     peak_mem_mb: float
     loss_history: list = field(default_factory=list)  # [(step, loss)]
+    eval_history: list = field(default_factory=list)  # one dict of eval metrics per evaluation during training
     extra: dict = field(default_factory=dict)
 
     @property
@@ -215,5 +216,8 @@ def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_met
     metrics = trainer.evaluate() if eval_ds is not None else {}
     metrics = {k.removeprefix("eval_"): v for k, v in metrics.items()
                if not k.endswith(("runtime", "per_second")) and k != "epoch"}
-    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    return RunResult(name, metrics, m["trainable_params"], m["total_params"], m["seconds"], m["peak_mem_mb"], losses)
+    history = trainer.state.log_history
+    losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [h for h in history if "eval_loss" in h]
+    return RunResult(name, metrics, m["trainable_params"], m["total_params"], m["seconds"], m["peak_mem_mb"],
+                     losses, evals)

@@ -140,12 +140,17 @@ def setup_name(n_frozen: int, depth: int) -> str:
 
 
 def fine_tune(cfg, encoded, tokenizer, label_names, n_frozen: int, epochs: float | None = None,
-              learning_rate: float | None = None, name: str | None = None) -> train.RunResult:
-    """A fresh classifier with the embeddings and the first `n_frozen` blocks frozen, trained and evaluated."""
+              learning_rate: float | None = None, name: str | None = None, **arg_overrides) -> train.RunResult:
+    """A fresh classifier with the embeddings and the first `n_frozen` blocks frozen, trained and evaluated.
+
+    `arg_overrides` go to the TrainingArguments (e.g. seed, per_device_train_batch_size)."""
+    import torch
+
+    torch.manual_seed(arg_overrides.get("seed", getattr(cfg, "seed", 42)))  # the new head's initial weights
     model = models.load_classifier(label_names, cfg)
     frozen = train.freeze_bottom(model, n_frozen)
     depth = len(train.find_blocks(model)[1])
-    overrides = {}
+    overrides = dict(arg_overrides)
     if epochs is not None:
         overrides["num_train_epochs"] = epochs
     if learning_rate is not None:
