@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-ATTENTION = {"bert": ["query", "key", "value", "attention.output.dense"],
-             "llama": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+ATTENTION = {"bert": ["query", "value"],
+             "llama": ["q_proj", "v_proj"]}  # the LoRA paper's choice and peft's Llama default
 MLP = {"bert": ["intermediate.dense", "output.dense"], "llama": ["gate_proj", "up_proj", "down_proj"]}
 FFN_OUT = ("output.dense", "ffn.lin2", "mlp.down_proj", "mlp.c_proj")  # a block's feed-forward output
 

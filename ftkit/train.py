@@ -87,11 +87,27 @@ def trainable_groups(model) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- memory
+def release_freed_memory() -> None:
+    """Give freed heap memory back to the OS, so that the next run's RSS baseline is honest.
+
+    Without this, glibc keeps memory freed by an earlier run, the next run reuses it, and its
+    RSS growth (our peak figure) comes out too small.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
+        pass
+
+
 class PeakMemory:
     """Peak memory above the starting point while the block runs, in MB.
 
-    On CUDA: torch's peak allocated bytes. On CPU: the process RSS sampled every 10 ms, so the
-    figure is approximate, and memory Python keeps from an earlier run is not counted again.
+    On CUDA: torch's peak allocated bytes. On CPU: the process RSS sampled every 10 ms after
+    freed memory was returned to the OS; approximate, but comparable between runs in one process.
     """
 
     def __init__(self, device: str = "cpu"):
@@ -106,6 +122,7 @@ class PeakMemory:
         else:
             import psutil
 
+            release_freed_memory()
             proc = psutil.Process()
             self._start = proc.memory_info().rss
             self._max = self._start
