@@ -149,6 +149,8 @@ class Setup:
     in_colab: bool
 
     def __getattr__(self, item):  # cfg.batch_size reads through to the profile
+        if item.startswith("__") or item == "profile":  # copy/pickle probe these before __init__ ran
+            raise AttributeError(item)
         return getattr(self.profile, item)
 
     def model(self, role: str) -> str:

@@ -87,3 +87,10 @@ def test_setup_seeds_and_reports(cfg, capsys):
     out = capsys.readouterr().out
     assert "profile=smoke" in out and "transformers=" in out
     assert cfg.batch_size == env.PROFILES["smoke"].batch_size  # reads through to the profile
+
+
+def test_setup_object_can_be_copied(cfg):
+    import copy
+
+    clone = copy.deepcopy(cfg)
+    assert clone.batch_size == cfg.batch_size and clone.profile.name == "smoke"

@@ -40,7 +40,7 @@ def test_course_layout(nb):
     assert "google.colab" in code[0], "the first code cell installs the course in Colab"
     assert "ftkit.setup(" in code[1], "the second code cell is cfg = ftkit.setup()"
     md = [c.source for c in nb.cells if c.cell_type == "markdown"]
-    assert any(s.startswith("## Expected results") for s in md)
+    assert any(re.search(r"^## Expected results", s, re.M) for s in md), "an '## Expected results' section"
     assert "assert" in code[-1] and "expected results" in code[-1].lower(), "the last cell asserts the bands"
 
 
