@@ -81,7 +81,7 @@ def train_setfit(cfg, train_k, test, iterations: int = 20, seed: int = 0, epochs
     trainer = Trainer(model=model, args=args, train_dataset=train_k, metric=metrics.path("accuracy"))
     with train.measure(model.model_body, cfg.device) as m:
         trainer.train()
-    scores = metrics.classification_scores(model.predict(test["text"], show_progress_bar=False), test["label"])
+    scores = trainer.evaluate(test)  # setfit loads ftkit's accuracy module by path: no Hub needed
     trainable, total = train.count_params(model.model_body)
     head = int(model.model_head.coef_.size + model.model_head.intercept_.size)
     result = train.RunResult(f"SetFit K={len(train_k) // len(set(train_k['label']))}", scores, trainable + head,

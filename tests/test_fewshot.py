@@ -68,4 +68,6 @@ def test_setfit_trains_and_scores_with_the_offline_metric(cfg):
     result, model = fewshot.train_setfit(cfg, fewshot.sample_k(rt["train"], 4), rt["test"].select(range(32)),
                                          iterations=2)
     assert 0.0 <= result.metrics["accuracy"] <= 1.0 and result.extra["pairs"] == 32
-    assert model.predict(["a wonderful film"], show_progress_bar=False).shape == (1,)
+    test = rt["test"].select(range(32))
+    preds = model.predict(test["text"], show_progress_bar=False)
+    assert result.metrics["accuracy"] == pytest.approx(float((np.asarray(preds) == np.array(test["label"])).mean()))
