@@ -94,13 +94,21 @@ def check_classification(ds, text_column: str = "text", label_column: str = "lab
                          "a classifier needs examples of at least two classes")
 
 
+def split_tag(tag, position: int, where: str = ""):
+    """("O", None) or (prefix, type) for a B-TYPE / I-TYPE tag; anything else is a ValueError."""
+    if tag == "O":
+        return "O", None
+    if not isinstance(tag, str) or len(tag) < 3 or tag[1] != "-" or tag[0] not in "BI":
+        raise ValueError(f"{where}tag {tag!r} at position {position} is not O, B-TYPE or I-TYPE")
+    return tag[0], tag[2:]
+
+
 def validate_iob2(tags, types=None, where: str = "") -> None:
     """Raise ValueError at the first tag that breaks IOB2 (an I-X must follow B-X or I-X)."""
     prev = "O"
     for i, tag in enumerate(tags):
         if tag != "O":
-            if not isinstance(tag, str) or len(tag) < 3 or tag[1] != "-" or tag[0] not in "BI":
-                raise ValueError(f"{where}tag {tag!r} at position {i} is not O, B-TYPE or I-TYPE")
+            split_tag(tag, i, where)
             if types is not None and tag[2:] not in types:
                 raise ValueError(f"{where}tag {tag!r} at position {i} has unknown type {tag[2:]!r}; types: {list(types)}")
             if tag[0] == "I" and (prev == "O" or prev[2:] != tag[2:]):

@@ -156,11 +156,11 @@ def full_finetune_k(cfg, train_k, test, label_names, seed: int = 0, epochs: floa
 
 def curve_point(cfg, train, test, label_names, k: int, iterations: int, seeds) -> list[dict]:
     """All three methods at K shots per class, once per seed: one row each (method, K, seed, accuracy, seconds)."""
-    rows = []
+    rows, frozen_model = [], models.load_sentence_model(cfg)  # untouched by SetFit: load it once
     for seed in seeds:
         train_k = sample_k(train, k, seed=seed)
         runs = [("SetFit", train_setfit(cfg, train_k, test, iterations, seed)[0]),
-                ("frozen embeddings + LR", frozen_baseline(cfg, train_k, test, seed=seed)),
+                ("frozen embeddings + LR", frozen_baseline(cfg, train_k, test, frozen_model, seed=seed)),
                 ("full fine-tuning", full_finetune_k(cfg, train_k, test, label_names, seed))]
         rows += [{"method": m, "K": k, "seed": seed, "accuracy": r.metrics["accuracy"], "seconds": r.seconds}
                  for m, r in runs]

@@ -144,7 +144,6 @@ def peft_lora(model, targets, r: int = 8, alpha: float = 16, task_type: str | No
     """
     from peft import LoraConfig, get_peft_model
 
-    matching_modules(model, targets)
     first = model.get_submodule(matching_modules(model, targets)[0])
     check_rank(r, first.out_features, first.in_features)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets),

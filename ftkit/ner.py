@@ -12,25 +12,17 @@ from collections import Counter
 
 import numpy as np
 
-from .data import validate_iob2
+from .data import split_tag, validate_iob2
 
 IGNORE = -100  # the label id that torch's cross-entropy skips
 
 
 # --------------------------------------------------------------------------- tagging schemes
-def _parts(tag: str, i: int):
-    if tag == "O":
-        return "O", None
-    if not isinstance(tag, str) or len(tag) < 3 or tag[1] != "-" or tag[0] not in "BI":
-        raise ValueError(f"tag {tag!r} at position {i} is not O, B-TYPE or I-TYPE")
-    return tag[0], tag[2:]
-
-
 def validate_iob1(tags) -> None:
     """IOB1: entities start with I-; B-X appears only right after another X entity, to split the two."""
     prev_type = None
     for i, tag in enumerate(tags):
-        prefix, kind = _parts(tag, i)
+        prefix, kind = split_tag(tag, i)
         if prefix == "B" and prev_type != kind:
             raise ValueError(f"invalid IOB1 at position {i}: {tag!r} does not follow an entity of type {kind}; "
                              f"in IOB1 an entity starts with I-{kind}")
