@@ -10,8 +10,9 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     doctor = sub.add_parser("doctor", help="check Python, libraries, device, RAM, disk, Hub and models")
     doctor.add_argument("--no-load", action="store_true", help="do not load the packaged encoder")
-    prepare = sub.add_parser("prepare", help="convert the packaged GGUF causal LM to the safetensors cache")
-    prepare.add_argument("--force", action="store_true", help="convert again even if the cache exists")
+    prepare = sub.add_parser("prepare", help="convert the packaged GGUF causal LM to the safetensors cache and "
+                             "warm up the packaged encoder's masked-LM head (once each)")
+    prepare.add_argument("--force", action="store_true", help="build both caches again even if they exist")
     sub.add_parser("profiles", help="print the run-profile table")
     args = parser.parse_args(argv)
 
@@ -22,9 +23,12 @@ def main(argv=None) -> int:
 
         return run(load_models=not args.no_load)
     if args.command == "prepare":
-        from .models import prepare_causal
+        from .env import quiet_logs
+        from .models import prepare_causal, prepare_mlm_head
 
+        quiet_logs()
         print(prepare_causal(force=args.force))
+        print(prepare_mlm_head(force=args.force))
         return 0
     from .env import PROFILES
 

@@ -250,6 +250,47 @@ def for_profile(ds, cfg, stratify: str | None = "label", seed: int = 0):
                         for split, part in ds.items()})
 
 
+# --------------------------------------------------------------------------- general English text
+GENERAL_SOURCES = {  # dataset -> (train split, held-out split); all non-medical
+    "rotten_tomatoes": ("train", "test"), "uci_reviews": ("train", "test"), "banking77": ("train", "test"),
+    "dolly": ("train", "test"), "wikigold": ("train", "test"),
+}
+
+
+def _detokenize(tokens) -> str:
+    """Join NER tokens back into a sentence ("Paris , France ." -> "Paris, France.")."""
+    import re
+
+    return re.sub(r" ([,.;:!?')\]])", r"\1", re.sub(r"([(\[]) ", r"\1", " ".join(tokens)))
+
+
+def general_corpus(split: str = "train", per_source: int | None = None, seed: int = 0) -> list[str]:
+    """Non-medical English sentences from the pack (reviews, banking queries, dolly, Wikipedia).
+
+    `split="train"` draws from the training splits, `split="test"` from the held-out ones, so text
+    used to train something on "train" can be evaluated on unseen "test" text. At most `per_source`
+    texts come from each dataset; the result is shuffled with `seed` and has no duplicates.
+    """
+    import random
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    texts = []
+    for name, splits in GENERAL_SOURCES.items():
+        rows = _read_jsonl(PACK / DATASETS[name].folder / f"{splits[split == 'test']}.jsonl")
+        if name == "wikigold":
+            found = [_detokenize(r["tokens"]) for r in rows]
+        elif name == "dolly":
+            found = [t for r in rows for t in (r["instruction"], r["response"])]
+        else:
+            found = [r["text"] for r in rows]
+        found = sorted({t.strip() for t in found if len(t.split()) >= 5})
+        random.Random(seed).shuffle(found)
+        texts += found[:per_source]
+    random.Random(seed).shuffle(texts)
+    return texts
+
+
 def attribution(name: str) -> str:
     """Where the data came from and its license, from the data pack README."""
     spec = _spec(name)

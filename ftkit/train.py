@@ -93,10 +93,15 @@ def release_freed_memory() -> None:
     Without this, glibc keeps memory freed by an earlier run, the next run reuses it, and its
     RSS growth (our peak figure) comes out too small.
     """
-    import ctypes
     import gc
 
     gc.collect()
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    import ctypes
+
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
@@ -215,19 +220,36 @@ def training_args(cfg, output_dir: str | None = None, **overrides):
     return TrainingArguments(**args)
 
 
-def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_metrics=None,
-        data_collator=None, **arg_overrides) -> RunResult:
-    """Train `model` on `train_ds`, evaluate on `eval_ds`, and return a RunResult.
+def release_memory_callback():
+    """A TrainerCallback that gives freed heap memory back to the OS after every optimizer step.
 
-    Padding is dynamic (per batch) when a tokenizer is given and no collator is.
+    Why: glibc raises its mmap threshold once torch frees a large buffer, and from then on freed
+    activations stay in the heap. RSS then grows to several times the real working set (measured:
+    2.3 GB instead of 0.3 GB for MiniLM at batch 32 x 128), which is what kills a 2 GB Binder kernel.
+    """
+    from transformers import TrainerCallback
+
+    class ReleaseFreedMemory(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            _malloc_trim()
+
+    return ReleaseFreedMemory()
+
+
+def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_metrics=None,
+        data_collator=None, trainer_class=None, **arg_overrides) -> RunResult:
+    """Train `model` on `train_ds`, evaluate on `eval_ds` (if given), and return a RunResult.
+
+    Padding is dynamic (per batch) when a tokenizer is given and no collator is. `trainer_class`
+    is a Trainer subclass for a custom loss (session 03 scores masked positions only).
     """
     from transformers import DataCollatorWithPadding, Trainer
 
     if data_collator is None and tokenizer is not None:
         data_collator = DataCollatorWithPadding(tokenizer)
-    trainer = Trainer(model=model, args=training_args(cfg, **arg_overrides), train_dataset=train_ds,
+    trainer = (trainer_class or Trainer)(model=model, args=training_args(cfg, **arg_overrides), train_dataset=train_ds,
                       eval_dataset=eval_ds, data_collator=data_collator, compute_metrics=compute_metrics,
-                      processing_class=tokenizer)
+                      processing_class=tokenizer, callbacks=[release_memory_callback()])
     with measure(model, getattr(cfg, "device", "cpu")) as m:
         trainer.train()
     metrics = trainer.evaluate() if eval_ds is not None else {}

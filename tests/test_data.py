@@ -53,6 +53,30 @@ def test_the_wheel_ships_the_data_pack_licenses_and_metrics(tmp_path):
     assert "ftkit/datapack/LICENSES/dolly_LICENSE.txt" in names
 
 
+def test_the_pack_matches_the_shared_data_pack_where_it_is_present():
+    shared = data.PACK.parent.parent.parent / "shared" / "data"
+    if not shared.is_dir():
+        pytest.skip("no ../shared/data beside this checkout")
+    ours = {p.relative_to(data.PACK): p.read_bytes() for p in data.PACK.rglob("*") if p.is_file()
+            and "__pycache__" not in p.parts}
+    theirs = {p.relative_to(shared): p.read_bytes() for p in shared.rglob("*") if p.is_file()
+              and "__pycache__" not in p.parts}
+    assert sorted(set(theirs) - set(ours)) == [], "copy the new data pack files into ftkit/datapack"
+    assert [k for k in theirs if ours.get(k) != theirs[k]] == [], "ftkit/datapack differs from ../shared/data"
+
+
+def test_general_corpus_splits_never_overlap_and_hold_no_medical_text():
+    train_texts, test_texts = data.general_corpus("train"), data.general_corpus("test")
+    assert len(train_texts) > 10000 and len(test_texts) > 3000
+    assert not set(train_texts) & set(test_texts)
+    medical = set(data.load("medquad_corpus")["train"]["text"])
+    assert not medical & set(train_texts)
+    assert data.general_corpus("train", per_source=10, seed=1) == data.general_corpus("train", per_source=10, seed=1)
+    assert len(data.general_corpus("train", per_source=10)) == 10 * len(data.GENERAL_SOURCES)
+    with pytest.raises(ValueError, match="split must be 'train' or 'test'"):
+        data.general_corpus("validation")
+
+
 def test_unknown_dataset_names_the_choices():
     with pytest.raises(ValueError, match="unknown dataset 'imdb'; choose one of"):
         data.load("imdb")

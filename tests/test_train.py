@@ -60,7 +60,9 @@ def test_count_params_counts_tied_weights_once():
     assert train.count_params(nn.ModuleList([emb, head])) == (40, 40)
 
 
-def test_fit_trains_evaluates_and_measures(cfg, minilm):
+def test_fit_trains_evaluates_and_measures(cfg, minilm, monkeypatch):
+    trims = []
+    monkeypatch.setattr(train, "_malloc_trim", lambda: trims.append(1))
     tok = models.load_tokenizer("encoder", cfg)
     ds = data.for_profile(data.load("rotten_tomatoes"), cfg)
     ds = ds.map(lambda b: tok(b["text"], truncation=True, max_length=cfg.max_length), batched=True)
@@ -71,6 +73,7 @@ def test_fit_trains_evaluates_and_measures(cfg, minilm):
     assert result.trainable_params < result.total_params
     assert result.loss_history and all(math.isfinite(loss) for _, loss in result.loss_history)
     assert result.seconds > 0 and result.peak_mem_mb >= 0
+    assert len(trims) >= cfg.max_steps  # freed memory goes back to the OS after every step (see fit)
     table = ResultsTable()
     table.add(result)
     assert table.get("last-1")["accuracy"] == result.metrics["accuracy"]
