@@ -97,8 +97,11 @@ ONLINE_MODELS = {
     "encoder": "distilbert-base-uncased",  # has its masked-LM head, unlike the packaged MiniLM
     "sentence": "sentence-transformers/all-MiniLM-L6-v2",
     "causal": "HuggingFaceTB/SmolLM2-135M",
+    "judge": "HuggingFaceTB/SmolLM2-1.7B-Instruct",  # an LLM judge needs to be much stronger than what it grades
 }
-PACKAGED = {"encoder": "packaged", "sentence": "packaged", "causal": "packaged"}
+# Offline the only packaged LM is the 135M instruct model, so it is also the judge (session 05 measures how
+# far that can be trusted).
+PACKAGED = {"encoder": "packaged", "sentence": "packaged", "causal": "packaged", "judge": "packaged"}
 
 PROFILES = {
     "smoke": Profile("smoke", PACKAGED, train_size=64, eval_size=64, epochs=1, max_steps=8,

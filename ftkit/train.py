@@ -167,6 +167,7 @@ class RunResult:
     loss_history: list = field(default_factory=list)  # [(step, loss)]
     eval_history: list = field(default_factory=list)  # one dict of eval metrics per evaluation during training
     extra: dict = field(default_factory=dict)
+    model: object = field(default=None, repr=False, compare=False)  # what the trainer trained (e.g. a PeftModel)
 
     @property
     def trainable_pct(self) -> float:
@@ -191,8 +192,9 @@ def measure(model=None, device: str = "cpu"):
 
 
 # --------------------------------------------------------------------------- Trainer
-def training_args(cfg, output_dir: str | None = None, **overrides):
-    """TrainingArguments from the profile: batch size, epochs/max steps, learning rate, seed."""
+def training_args(cfg, output_dir: str | None = None, args_class=None, **overrides):
+    """TrainingArguments (or a subclass such as trl's SFTConfig) from the profile: batch size,
+    epochs/max steps, learning rate, seed."""
     from transformers import TrainingArguments
 
     profile = getattr(cfg, "profile", cfg)
@@ -217,7 +219,7 @@ def training_args(cfg, output_dir: str | None = None, **overrides):
         dataloader_num_workers=0,
     )
     args.update(overrides)
-    return TrainingArguments(**args)
+    return (args_class or TrainingArguments)(**args)
 
 
 def release_memory_callback():
@@ -238,19 +240,22 @@ def release_memory_callback():
 
 
 def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_metrics=None,
-        data_collator=None, trainer_class=None, **arg_overrides) -> RunResult:
+        data_collator=None, trainer_class=None, args_class=None, trainer_kwargs=None, **arg_overrides) -> RunResult:
     """Train `model` on `train_ds`, evaluate on `eval_ds` (if given), and return a RunResult.
 
     Padding is dynamic (per batch) when a tokenizer is given and no collator is. `trainer_class`
-    is a Trainer subclass for a custom loss (session 03 scores masked positions only).
+    is a Trainer subclass for a custom loss (session 03 scores masked positions only) or trl's
+    SFTTrainer (session 05, with `args_class=SFTConfig`; it brings its own collator).
     """
     from transformers import DataCollatorWithPadding, Trainer
 
-    if data_collator is None and tokenizer is not None:
+    if data_collator is None and tokenizer is not None and trainer_class is None:
         data_collator = DataCollatorWithPadding(tokenizer)
-    trainer = (trainer_class or Trainer)(model=model, args=training_args(cfg, **arg_overrides), train_dataset=train_ds,
-                      eval_dataset=eval_ds, data_collator=data_collator, compute_metrics=compute_metrics,
-                      processing_class=tokenizer, callbacks=[release_memory_callback()])
+    trainer = (trainer_class or Trainer)(model=model, args=training_args(cfg, args_class=args_class, **arg_overrides),
+                                         train_dataset=train_ds, eval_dataset=eval_ds, data_collator=data_collator,
+                                         compute_metrics=compute_metrics, processing_class=tokenizer,
+                                         callbacks=[release_memory_callback()], **(trainer_kwargs or {}))
+    model = trainer.model
     with measure(model, getattr(cfg, "device", "cpu")) as m:
         trainer.train()
     metrics = trainer.evaluate() if eval_ds is not None else {}
@@ -260,4 +265,4 @@ def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_met
     losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
     evals = [h for h in history if "eval_loss" in h]
     return RunResult(name, metrics, m["trainable_params"], m["total_params"], m["seconds"], m["peak_mem_mb"],
-                     losses, evals)
+                     losses, evals, model=model)

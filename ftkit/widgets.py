@@ -75,6 +75,8 @@ class Panel:
                 raise ValueError(f"no control {name!r}; controls: {list(self.controls)}")
             control = self.controls[name]
             lo, hi = getattr(control, "min", None), getattr(control, "max", None)
+            if hasattr(control, "base") and lo is not None:  # FloatLogSlider: min/max are exponents
+                lo, hi = control.base ** lo, control.base ** hi
             if lo is not None and not lo <= value <= hi:  # ipywidgets would silently clip it
                 raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
             control.value = value

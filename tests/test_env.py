@@ -63,7 +63,7 @@ def test_import_ftkit_is_light_and_sets_offline_mode_here():
 @pytest.mark.parametrize("name", ["smoke", "cpu", "gpu"])
 def test_every_profile_has_every_role_and_sane_sizes(name):
     p = env.get_profile(name)
-    assert set(p.models) == {"encoder", "sentence", "causal"}
+    assert set(p.models) == {"encoder", "sentence", "causal", "judge"}
     assert p.batch_size > 0 and p.max_length >= 32 and p.epochs > 0
 
 

@@ -1,0 +1,266 @@
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+
+from ftkit import data, instruct, models, train
+
+ROW = {"instruction": "What is the capital of France?", "context": "", "response": "Paris is the capital."}
+
+
+@pytest.fixture(scope="module")
+def causal(cfg):
+    model, tok = models.load_causal(cfg)
+    return model, tok
+
+
+# --------------------------------------------------------------------------- data checks
+def test_missing_columns_are_named_with_a_rename_hint():
+    ds = Dataset.from_dict({"question": ["hi"], "answer": ["hello"]})
+    with pytest.raises(ValueError, match=r"missing \['instruction', 'response'\].*rename_column"):
+        instruct.check_instruction_data(ds)
+
+
+@pytest.mark.parametrize("response", ["", "   ", None])
+def test_empty_response_names_the_row(response):
+    ds = Dataset.from_dict({"instruction": ["fine", "bad"], "response": ["ok", response]})
+    with pytest.raises(ValueError, match="row 1: the response is empty"):
+        instruct.check_instruction_data(ds)
+    with pytest.raises(ValueError, match="row 1"):
+        instruct.sft_dataset(ds)
+
+
+def test_quality_checks_fire_on_crafted_rows():
+    good = [{"instruction": f"Name a fact about the number {i}.", "context": "", "response": f"{i} is a number " * 3}
+            for i in range(20)]
+    rows = good + [
+        {"instruction": "Who painted the Girl with a Pearl Earring?", "context": "", "response": "Vermeer"},  # fine
+        {"instruction": "Say something.", "context": "", "response": "."},  # near-empty
+        dict(good[0]),  # duplicate
+        {"instruction": "Describe it.", "context": "", "response": "word " * 400},  # length outlier
+        {"instruction": "What is the tallest mountain on Earth?", "context": "",
+         "response": "What is the tallest mountain on Earth?"},  # restates
+    ]
+    flags = instruct.quality_flags(rows)
+    assert not any(flags[20].values()), "a correct one-word answer is not near-empty"
+    assert flags[21]["near-empty"] and flags[22]["duplicate"] and flags[23]["length outlier"]
+    assert flags[24]["restates instruction"]
+    assert not any(any(f.values()) for f in flags[:20])
+    cleaned = instruct.clean(Dataset.from_list(rows))
+    assert len(cleaned) == 21
+
+
+# --------------------------------------------------------------------------- templates
+def test_alpaca_template_renders_instruction_and_context():
+    text = instruct.prompt({**ROW, "context": "France is in Europe."})
+    assert text == ("### Instruction:\nWhat is the capital of France?\n### Context:\nFrance is in Europe.\n"
+                    "### Response:\n")
+    assert "### Context" not in instruct.prompt(ROW)
+
+
+def test_a_template_without_an_instruction_slot_is_refused():
+    with pytest.raises(ValueError, match=r"no \{instruction\} slot"):
+        instruct.prompt(ROW, template="### Question:\n### Answer:\n")
+
+
+def test_chat_template_is_the_models_own(causal):
+    _, tok = causal
+    text = instruct.render(ROW, tok, "chat")
+    assert text.endswith("<|im_start|>assistant\n") and ROW["instruction"] in text
+    assert instruct.ending(tok, "chat") == "<|im_end|>\n" and instruct.ending(tok, "alpaca") == tok.eos_token
+    with pytest.raises(ValueError, match="template must be one of"):
+        instruct.render(ROW, tok, "vicuna")
+
+
+# --------------------------------------------------------------------------- labels and loss
+@pytest.mark.parametrize("template", instruct.TEMPLATES)
+def test_prompt_tokens_get_minus_100_and_response_tokens_are_kept(causal, template):
+    _, tok = causal
+    ex = instruct.label_example(ROW, tok, template)
+    n_prompt = len(tok(instruct.render(ROW, tok, template), add_special_tokens=False)["input_ids"])
+    assert ex["labels"][:n_prompt] == [-100] * n_prompt
+    assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
+    assert tok.decode(ex["input_ids"][n_prompt:]).startswith(ROW["response"])
+    assert tok.eos_token_id in ex["labels"][-2:]  # the end token is learned: the model learns to stop
+    short = instruct.label_example(ROW, tok, template, max_length=5)
+    assert len(short["input_ids"]) == len(short["labels"]) == 5
+
+
+def test_hand_computed_loss_equals_the_models_loss(causal):
+    model, tok = causal
+    ex = instruct.label_example(ROW, tok)
+    batch = {k: torch.tensor([v]) for k, v in ex.items()}
+    with torch.no_grad():
+        out = model(**batch)
+    assert instruct.hand_loss(out.logits, batch["labels"]).item() == pytest.approx(out.loss.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("template", instruct.TEMPLATES)
+def test_trl_trains_on_exactly_our_labels(cfg, causal, template):
+    from trl import SFTConfig, SFTTrainer
+
+    model, tok = causal
+    rows = data.load("dolly")["train"].select(range(6))
+    args = train.training_args(cfg, args_class=SFTConfig, max_length=128, completion_only_loss=True)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=instruct.sft_dataset(rows, template),
+                         processing_class=tok)
+    for i, prepared in enumerate(trainer.train_dataset):
+        ours = instruct.label_example(rows[i], tok, template, max_length=128)
+        assert prepared["input_ids"] == ours["input_ids"] and prepared["labels"] == ours["labels"]
+
+
+def test_padding_waste_counts_pad_tokens():
+    waste = instruct.padding_waste([10, 20, 30, 40], batch_size=2, max_length=40, seed=0)
+    assert waste["real tokens"] == 100
+    assert waste["fixed padding %"] == pytest.approx(100 * (1 - 100 / 160))
+    assert 0 <= waste["dynamic padding %"] < waste["fixed padding %"]
+
+
+def test_sft_full_and_lora_train_and_report(cfg, causal):
+    _, tok = causal
+    rows = data.load("dolly")["train"].select(range(4))
+    full_model, _ = models.load_causal(cfg)
+    before = {n: p.detach().clone() for n, p in full_model.named_parameters() if "layers.0.mlp" in n}
+    full = instruct.sft(full_model, tok, rows, cfg, name="full", max_length=64, max_steps=1,
+                        per_device_train_batch_size=2, learning_rate=1e-4, logging_steps=1)
+    assert full.trainable_pct == 100 and full.loss_history and math.isfinite(full.loss_history[0][1])
+    assert any(not torch.equal(before[n], p) for n, p in full_model.named_parameters() if n in before)
+    lora_model, _ = models.load_causal(cfg)
+    run = instruct.sft(lora_model, tok, rows, cfg, name="lora", lora_rank=2, max_length=64, max_steps=1,
+                       per_device_train_batch_size=2, learning_rate=1e-3)
+    assert 0 < run.trainable_pct < 2 and hasattr(run.model, "disable_adapter")
+    with pytest.raises(ValueError, match="lora_rank must be a positive integer"):
+        instruct.sft(lora_model, tok, rows, cfg, name="bad", lora_rank=0)
+
+
+# --------------------------------------------------------------------------- judge
+@pytest.mark.parametrize("reply, score", [("Score: 4", 4), ("4", 4), ("**Score:** 5", 5), ("Score: 3/5", 3),
+                                          ("The score is 2.", 2), ("Score: 1. Use public transport", 1)])
+def test_score_parser_reads_common_formats(reply, score):
+    assert instruct.parse_score(reply) == score
+
+
+@pytest.mark.parametrize("reply, message", [("Score: 7", "outside 1..5"), ("Score: 0", "outside 1..5"),
+                                            ("It is a good answer.", "no score"), ("", "no score"),
+                                            ("5 stars", "no score"), ("The correct answer is 290", "no score")])
+def test_score_parser_rejects_malformed_judge_output(reply, message):
+    with pytest.raises(ValueError, match=message):
+        instruct.parse_score(reply)
+
+
+@pytest.mark.parametrize("reply, choice", [("A", "A"), ("B.", "B"), ("Answer: A", "A"), ("answer b", "B"),
+                                           ("Answer B is better.", "B"), ("B is a better answer", "B")])
+def test_choice_parser(reply, choice):
+    assert instruct.parse_choice(reply) == choice
+
+
+@pytest.mark.parametrize("reply", ["Both", "", "AB", "A or B", "Answer A, because B is short"])
+def test_choice_parser_rejects_ambiguous_replies(reply):
+    with pytest.raises(ValueError, match="A or B"):
+        instruct.parse_choice(reply)
+
+
+def test_unparsed_judge_scores_are_counted_not_guessed(causal, monkeypatch):
+    model, tok = causal
+    monkeypatch.setattr(instruct, "complete", lambda *a, **k: [" 4", " great answer!", " 9"])
+    out = instruct.judge_scores(model, tok, ["q"] * 3, ["r"] * 3, ["a"] * 3)
+    assert out["scores"] == [4, None, None] and out["parse failures"] == 2
+    assert out["replies"][0] == "Score:  4"
+
+
+def test_judge_pairs_ask_both_orders_and_measure_position_bias(causal, monkeypatch):
+    model, tok = causal
+    seen = []
+
+    def always_a(judge, tokenizer, texts, *a, **k):
+        seen.extend(texts)
+        return ["A"] * len(texts)
+
+    monkeypatch.setattr(instruct, "complete", always_a)
+    pairs = instruct.judge_pairs(model, tok, ["q1", "q2"], ["first answer here", "second answer there"])
+    assert len(pairs) == 8 and len(seen) == 16
+    rel = instruct.judge_reliability(pairs)
+    assert rel["picks A %"] == 100 and rel["consistent when swapped %"] == 0 and rel["prefers reference %"] == 50
+
+
+# --------------------------------------------------------------------------- corruptions
+def test_corruptions():
+    ref = "The Eiffel Tower is in Paris and it was finished in 1889 for the fair"
+    assert instruct.corrupt(ref, "truncated") == "The Eiffel Tower is in"  # a third of 16 words
+    rep = instruct.corrupt(ref, "repeated")
+    assert rep.count("The Eiffel Tower") == 3 and len(rep.split()) > len(ref.split())
+    assert instruct.corrupt(ref, "other answer", "Blue.") == "Blue."
+    typo = instruct.corrupt(ref, "misspelled", seed=1)
+    assert typo != ref and sorted(typo) == sorted(ref) and len(typo.split()) == len(ref.split())
+    assert instruct.corrupt(ref, "misspelled", seed=1) == typo  # seeded
+    with pytest.raises(ValueError, match="different answer"):
+        instruct.corrupt(ref, "other answer", ref)
+    with pytest.raises(ValueError, match="unknown corruption"):
+        instruct.corrupt(ref, "shuffled")
+
+
+# --------------------------------------------------------------------------- error taggers
+@pytest.mark.parametrize("answer, expected", [
+    ("", "empty"),
+    (" ... ", "empty"),
+    ("Paris. " + "It is a lovely city with many museums and parks. " * 4, "too long"),
+    ("the cat sat on the mat the cat sat on the mat the cat sat on the mat", "repetitive"),
+    ("Teh capitl of Frnace is Parsi", "non-words"),
+    ("What is the capital of France? It is Paris.", "copies instruction"),
+])
+def test_error_taggers_on_crafted_answers(answer, expected):
+    tags = instruct.tag_errors(answer, "What is the capital of France?", "Paris is the capital of France.")
+    assert tags[expected], tags
+    assert not any(instruct.tag_errors("Paris is the capital of France.", "What is the capital of France?",
+                                       "Paris is the capital of France.").values())
+
+
+def test_error_counts_add_up():
+    counts = instruct.error_counts(["", "Paris"], ["Where?", "Where?"], ["Paris", "Paris"])
+    assert counts["empty"] == 1 and set(counts) == set(instruct.ERRORS)
+
+
+# --------------------------------------------------------------------------- evaluation and forgetting
+def test_summary_and_agreement_leave_unparsed_judge_scores_out():
+    import pandas as pd
+
+    scored = pd.DataFrame({"model": ["m"] * 4, "rouge1": [0.1, 0.2, 0.3, 0.4], "rouge2": [0.0] * 4,
+                           "rougeL": [0.1, 0.2, 0.3, 0.4], "cosine": [0.2, 0.4, 0.6, 0.8], "judge": [1, 2, None, 4]})
+    row = instruct.summarize(scored).iloc[0]
+    assert row["judge parse failures"] == 1 and row["judge"] == pytest.approx(7 / 3)
+    assert instruct.metric_agreement(scored).loc["rougeL", "cosine"] == pytest.approx(1.0)
+
+
+def test_sentiment_instructions_and_parser():
+    rt = data.take(data.load("rotten_tomatoes")["test"], 4, stratify="label")
+    rows = instruct.sentiment_instructions(rt)
+    assert set(rows["response"]) == {"positive", "negative"} and "Review:" in rows[0]["instruction"]
+    assert instruct.parse_sentiment("Positive.") == "positive"
+    assert instruct.parse_sentiment("The sentiment is negative") == "negative"
+    assert instruct.parse_sentiment("positive or negative") is None and instruct.parse_sentiment("meh") is None
+    with pytest.raises(ValueError, match="text"):
+        instruct.sentiment_instructions(Dataset.from_dict({"sentence": ["x"], "label": [0]}))
+
+
+def test_as_base_switches_lora_off(cfg, causal):
+    from peft import LoraConfig, get_peft_model
+
+    base, tok = models.load_causal(cfg)
+    ids = tok("Hello there", return_tensors="pt")
+    with torch.no_grad():
+        ref = base(**ids).logits
+    peft_model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        assert not torch.allclose(peft_model(**ids).logits, ref)
+        with instruct.as_base(peft_model) as m:
+            assert torch.allclose(m(**ids).logits, ref, atol=1e-5)
+
+
+def test_generate_and_general_accuracy_run(causal):
+    model, tok = causal
+    out = instruct.generate(model, tok, [ROW, {"instruction": "Name a colour."}], max_new_tokens=6)
+    assert len(out) == 2 and all(isinstance(a, str) for a in out)
+    assert tok.padding_side == "right"  # restored after left-padded generation
+    acc = instruct.general_accuracy(model, tok, questions=instruct.GENERAL_QUESTIONS[:2])
+    assert 0 <= acc["general QA"] <= 1 and len(acc["answers"]) == 2
