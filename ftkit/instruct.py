@@ -244,7 +244,7 @@ def sft(model, tokenizer, train_rows, cfg, *, name: str, template: str = "alpaca
                                                  "down_proj"])
     return fit(model, sft_dataset(train_rows, template), None, cfg, name=name, tokenizer=tokenizer,
                trainer_class=SFTTrainer, args_class=SFTConfig, trainer_kwargs={"peft_config": peft_config},
-               max_length=max_length, completion_only_loss=True, packing=False, dataset_num_proc=None,
+               max_length=max_length, completion_only_loss=True, packing=False,
                **arg_overrides)
 
 
