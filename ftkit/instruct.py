@@ -6,12 +6,14 @@
 - Generation and held-out loss: `generate`, `held_out_loss` (session 06 and 07 import these).
 - Evaluation: `rouge_scores`, `embedding_similarity`, the judge (`judge_scores`, `judge_pairs`, `parse_score`,
   `parse_choice`), `corrupt`, error taggers (`tag_errors`).
-- Forgetting: `sentiment_instructions`, `sentiment_accuracy`, `general_accuracy`.
+- Forgetting: `sentiment_instructions`, `sentiment_accuracy`, `general_accuracy`, `forgetting_check` (per-epoch
+  trajectory; stops a run at a matched task gain).
 """
 from __future__ import annotations
 
 import random
 import re
+import time
 from collections import Counter
 from contextlib import contextmanager
 from functools import lru_cache
@@ -534,6 +536,36 @@ def general_accuracy(model, tokenizer, template: str = "alpaca", questions=GENER
                        template=template, batch_size=10)
     hits = [any(re.search(rf"\b{re.escape(k)}\b", a.lower()) for k in keys) for a, (_, keys) in zip(answers, questions)]
     return {"general QA": sum(hits) / len(hits), "answers": answers}
+
+
+def forgetting_check(tokenizer, task_rows, holdout, template: str = "alpaca", stop_at: float | None = None):
+    """A TrainerCallback that measures learning and forgetting before training and after every epoch: task
+    accuracy on `task_rows` (validation rows, never the test rows) and the loss on `holdout` (tokenized dolly
+    responses). Its `.history` is the run's learn-vs-forget trajectory. With `stop_at`, training stops at the
+    first epoch whose task accuracy reaches it: how a LoRA run is matched to full fine-tuning's task gain."""
+    from transformers import TrainerCallback
+
+    class ForgettingCheck(TrainerCallback):
+        def __init__(self):
+            self.history, self.seconds = [], 0.0   # seconds spent measuring, to subtract from the run's time
+
+        def measure(self, model, epoch):
+            start, training = time.perf_counter(), model.training
+            acc = sentiment_accuracy(model, tokenizer, task_rows, template)["task accuracy"]
+            self.history.append({"epoch": epoch, "validation accuracy": acc,
+                                 "dolly loss": held_out_loss(model, holdout, tokenizer)})
+            model.train(training)       # generation switched the model to eval mode (dropout off)
+            self.seconds += time.perf_counter() - start
+            return acc
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.measure(model, 0)
+
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            if self.measure(model, round(state.epoch, 2)) >= (stop_at if stop_at is not None else float("inf")):
+                control.should_training_stop = True
+
+    return ForgettingCheck()
 
 
 # --------------------------------------------------------------------------- one table for every model

@@ -240,12 +240,14 @@ def release_memory_callback():
 
 
 def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_metrics=None,
-        data_collator=None, trainer_class=None, args_class=None, trainer_kwargs=None, **arg_overrides) -> RunResult:
+        data_collator=None, trainer_class=None, args_class=None, trainer_kwargs=None, callbacks=None,
+        **arg_overrides) -> RunResult:
     """Train `model` on `train_ds`, evaluate on `eval_ds` (if given), and return a RunResult.
 
     Padding is dynamic (per batch) when a tokenizer is given and no collator is. `trainer_class`
     is a Trainer subclass for a custom loss (session 03 scores masked positions only) or trl's
-    SFTTrainer (session 05, with `args_class=SFTConfig`; it brings its own collator).
+    SFTTrainer (session 05, with `args_class=SFTConfig`; it brings its own collator). `callbacks` are
+    extra TrainerCallbacks (session 05 measures forgetting after every epoch).
     """
     from transformers import DataCollatorWithPadding, Trainer
 
@@ -254,7 +256,8 @@ def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_met
     trainer = (trainer_class or Trainer)(model=model, args=training_args(cfg, args_class=args_class, **arg_overrides),
                                          train_dataset=train_ds, eval_dataset=eval_ds, data_collator=data_collator,
                                          compute_metrics=compute_metrics, processing_class=tokenizer,
-                                         callbacks=[release_memory_callback()], **(trainer_kwargs or {}))
+                                         callbacks=[release_memory_callback(), *(callbacks or [])],
+                                         **(trainer_kwargs or {}))
     model = trainer.model
     with measure(model, getattr(cfg, "device", "cpu")) as m:
         trainer.train()

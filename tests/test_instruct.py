@@ -264,3 +264,23 @@ def test_generate_and_general_accuracy_run(causal):
     assert tok.padding_side == "right"  # restored after left-padded generation
     acc = instruct.general_accuracy(model, tok, questions=instruct.GENERAL_QUESTIONS[:2])
     assert 0 <= acc["general QA"] <= 1 and len(acc["answers"]) == 2
+
+
+def test_forgetting_check_records_each_epoch_and_stops_at_a_matched_gain(cfg, causal):
+    _, tok = causal
+    rt = data.take(data.load("rotten_tomatoes")["validation"], 2, stratify="label")
+    task_rows = list(instruct.sentiment_instructions(rt))
+    holdout = instruct.tokenize_instructions(data.load("dolly")["test"].select(range(2)), tok, 64)
+    train_rows = instruct.sentiment_instructions(data.take(data.load("rotten_tomatoes")["train"], 4, stratify="label"))
+    runs = {}
+    for stop_at in (None, 0.0):
+        check = instruct.forgetting_check(tok, task_rows, holdout, stop_at=stop_at)
+        model, _ = models.load_causal(cfg)
+        runs[stop_at] = instruct.sft(model, tok, train_rows, cfg, name="narrow", lora_rank=2, max_length=96,
+                                     num_train_epochs=2, max_steps=-1, per_device_train_batch_size=2,
+                                     learning_rate=1e-3, logging_steps=1, callbacks=[check]), check.history
+    (full_run, full_hist), (stopped_run, stopped_hist) = runs[None], runs[0.0]
+    assert [h["epoch"] for h in full_hist] == [0, 1, 2] and [h["epoch"] for h in stopped_hist] == [0, 1]
+    assert full_hist[0] == pytest.approx(stopped_hist[0])          # epoch 0 is the same base model
+    assert all(0 <= h["validation accuracy"] <= 1 and math.isfinite(h["dolly loss"]) for h in full_hist)
+    assert len(full_run.loss_history) > len(stopped_run.loss_history)  # it really stopped after epoch 1
