@@ -50,12 +50,15 @@ DATASETS = {
                   description="instruction/response pairs (CC BY-SA 3.0)"),
     "medquad_corpus": Spec("domain/medquad/corpus.txt", "corpus", ("train",),
                            description="medical paragraphs for masked-LM domain adaptation"),
+    "medquad_qa": Spec("domain/medquad/qa", "qa", ("train", "test"),
+                       description="medical question-answer pairs, split by focus (disease or topic)"),
 }
 COLUMNS = {
     "classification": ("text", "label"),
     "ner": ("tokens", "tags"),
     "instruct": ("instruction", "context", "response", "category"),
     "corpus": ("text",),
+    "qa": ("question", "answer", "id", "focus", "qtype", "source"),
 }
 
 
@@ -84,12 +87,46 @@ def check_labels(labels, allowed, column: str = "label") -> None:
                              f"{' ...' if len(allowed_set) > 10 else ''}")
 
 
-def check_classification(ds, text_column: str = "text", label_column: str = "label") -> None:
-    """A training split for a classifier: both columns exist, rows exist, and at least two classes occur."""
-    require_columns(ds, [text_column, label_column], "training data")
-    require_rows(ds, "training data")
+def check_texts(texts, what: str = "texts") -> list[str]:
+    """A non-empty list of non-empty strings; the error names the first bad entry and its position."""
+    texts = list(texts)
+    if not texts:
+        raise ValueError(f"{what} is empty: give at least one sentence")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise ValueError(f"{what}[{i}] is {t!r}; every entry must be a non-empty string "
+                             "(drop or fill missing texts first, e.g. ds.filter(lambda r: r['text']))")
+    return texts
+
+
+def check_class_ids(labels, column: str = "label", what: str = "training data") -> None:
+    """Class ids are whole numbers >= 0. A missing value (None/NaN) or a string label names its row and the fix."""
+    import math
+
+    labels = list(labels)
+    for row, v in enumerate(labels):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            raise ValueError(f"{what}: {column!r} is missing (None/NaN) in row {row}; drop or label those rows "
+                             f"first, e.g. ds.filter(lambda r: r[{column!r}] is not None)")
+    for row, v in enumerate(labels):
+        if isinstance(v, str):
+            raise ValueError(f"{what}: {column!r} holds strings (row {row}: {v!r}), but a classifier needs class "
+                             f"ids 0..n-1; convert them with ds.class_encode_column({column!r})")
+    for row, v in enumerate(labels):
+        if isinstance(v, bool) or not float(v).is_integer() or v < 0:
+            raise ValueError(f"{what}: {column!r} in row {row} is {v!r}; class ids are whole numbers 0..n-1")
+
+
+def check_classification(ds, text_column: str = "text", label_column: str = "label",
+                         what: str = "training data") -> None:
+    """A split for a classifier: both columns exist, rows exist, every text is a string, every label a class id,
+    and (for training data) at least two classes occur."""
+    require_columns(ds, [text_column, label_column], what)
+    require_rows(ds, what)
+    check_texts(ds[text_column], f"{what} column {text_column!r}")
+    check_class_ids(ds[label_column], label_column, what)
     classes = sorted(set(ds[label_column]), key=str)
-    if len(classes) < 2:
+    if what == "training data" and len(classes) < 2:
         raise ValueError(f"training data has a single class in {label_column!r} ({classes[0]!r}); "
                          "a classifier needs examples of at least two classes")
 
@@ -130,6 +167,24 @@ def validate(dsdict, kind: str, label_names=(), entity_types=None) -> None:
                 if len(tokens) != len(tags):
                     raise ValueError(f"{what} row {row}: {len(tokens)} tokens but {len(tags)} tags; they must match")
                 validate_iob2(tags, entity_types, where=f"{what} row {row}: ")
+        if kind == "qa":
+            for column in ("question", "answer"):
+                for row, text in enumerate(ds[column]):
+                    if not isinstance(text, str) or not text.strip():
+                        raise ValueError(f"{what} row {row}: the {column} is empty; every pair needs both")
+    if kind == "qa":
+        check_qa_focus_split(dsdict)
+
+
+def check_qa_focus_split(dsdict) -> None:
+    """No focus (disease or topic) is in two splits, so a model fine-tuned on train never saw a test answer.
+    (MedQuAD's ids are not unique: 114 repeat across its sub-collections, so ftkit indexes answers by position.)"""
+    focus_split = {}
+    for split, ds in dsdict.items():
+        for focus in ds["focus"]:
+            if focus_split.setdefault(focus, split) != split:
+                raise ValueError(f"focus {focus!r} is in splits {focus_split[focus]!r} and {split!r}; "
+                                 "split QA pairs by focus so that no test topic is trained on")
 
 
 # --------------------------------------------------------------------------- loading
@@ -295,7 +350,8 @@ def attribution(name: str) -> str:
     """Where the data came from and its license, from the data pack README."""
     spec = _spec(name)
     readme = (PACK / "README.md").read_text(encoding="utf-8")
-    section = readme.split(f"## {spec.folder.split('/corpus')[0].split('/qtype')[0]}", 1)
+    heading = "domain/medquad" if spec.folder.startswith("domain/medquad") else spec.folder  # one section for all three
+    section = readme.split(f"## {heading}", 1)
     if len(section) < 2:
         return spec.description
     body = section[1].split("\n## ", 1)[0]

@@ -31,16 +31,6 @@ def check_probability(probability: float) -> None:
         raise ValueError(f"masking probability must be between 0 and 1 (exclusive), got {probability!r}")
 
 
-def check_texts(texts, what: str = "texts") -> list[str]:
-    texts = list(texts)
-    if not texts:
-        raise ValueError(f"{what} is empty: give at least one sentence")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
-            raise ValueError(f"{what}[{i}] is {t!r}; every entry must be a non-empty string")
-    return texts
-
-
 # --------------------------------------------------------------------------- masking
 class MaskingCollator(DataCollatorForLanguageModeling):
     """transformers' masked-LM collator, plus padding of `offset_mapping`.
@@ -81,7 +71,7 @@ def masking_collator(tokenizer, scheme: str = "token", probability: float = 0.15
 
 def encode(tokenizer, texts, max_length: int = 128) -> list[dict]:
     """Token ids plus what the collators need: the special-token mask and character offsets."""
-    texts = check_texts(texts)
+    texts = data.check_texts(texts)
     enc = tokenizer(texts, truncation=True, max_length=max_length, return_special_tokens_mask=True,
                     return_offsets_mapping=True)
     return [{k: enc[k][i] for k in ("input_ids", "attention_mask", "special_tokens_mask", "offset_mapping")}
@@ -169,7 +159,7 @@ def partial_word_rate(texts, tokenizer, scheme: str = "token", probability: floa
 # --------------------------------------------------------------------------- data
 def split_corpus(texts, heldout: float = 0.1, seed: int = 0) -> tuple[list[str], list[str]]:
     """(train, held-out) paragraphs; the held-out share is never trained on."""
-    texts = check_texts(texts)
+    texts = data.check_texts(texts)
     if not 0 < heldout < 1:
         raise ValueError(f"heldout must be a fraction between 0 and 1, got {heldout}")
     order = list(range(len(texts)))
@@ -246,7 +236,7 @@ def pseudo_perplexity(model, tokenizer, texts, max_length: int = 48, batch_size:
 
     One forward pass per piece, so keep `texts` short; the head runs on the hidden position only.
     """
-    texts = check_texts(texts)
+    texts = data.check_texts(texts)
     model.eval()
     copies, targets, positions = [], [], []
     for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]:

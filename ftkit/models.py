@@ -108,26 +108,56 @@ def packaged_path(role: str) -> Path:
     raise ValueError(f"unknown model role {role!r}; use one of {ROLES}")
 
 
+def looks_like_path(name: str) -> bool:
+    """A Hub id is "name" or "org/name"; anything else with a path shape is meant as a local folder."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or Path(name).is_absolute()
+
+
+def cached_hub_snapshot(repo_id: str) -> str | None:
+    """The local snapshot folder of a Hub model already in the Hugging Face cache, or None (no network)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # noqa: BLE001  (not cached, or a partial download: both mean "not available offline")
+        return None
+
+
 def resolve(role: str, cfg=None, name: str | None = None) -> str:
     """The model id or folder to load for `role`.
 
-    `name` (a Hub id or a local path) wins over the profile. A Hub id while offline falls back to
-    the packaged model with a printed note, instead of hanging on the network.
+    An explicit `name` (a Hub id or a local path) is loaded or is a clear error; it never silently becomes
+    another model. Offline, a Hub id is taken from the local Hugging Face cache, as HF's own offline mode does.
+    Only the profile's own default falls back to the packaged model (with a printed note) when it cannot be had.
     """
     from .env import get_profile, is_offline
 
     if role not in ROLES:
         raise ValueError(f"unknown model role {role!r}; use one of {ROLES}")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ValueError(f"model name must be a Hub id or a local folder, got {name!r}; pass None for the "
+                         "profile's default")
     profile = getattr(cfg, "profile", cfg) or get_profile()
     wanted = name or profile.models[role]
     if wanted == "packaged":
         return str(packaged_path(role))
-    if Path(wanted).expanduser().exists():
-        return str(Path(wanted).expanduser())
-    if is_offline():
-        print(f"[ftkit] offline: {wanted!r} is not reachable, using {PACKAGED_NAMES[role]}")
-        return str(packaged_path(role))
-    return wanted
+    local = Path(wanted).expanduser()
+    if local.exists():
+        return str(local)
+    if looks_like_path(wanted):
+        raise ValueError(f"model folder {wanted!r} does not exist; check the path (relative paths start from "
+                         f"{Path.cwd()}) or pass a Hub id such as 'org/name'")
+    if not is_offline():
+        return wanted
+    snapshot = cached_hub_snapshot(wanted)
+    if snapshot:
+        return snapshot
+    if name is not None:
+        raise ValueError(f"{wanted!r} is not in the local Hugging Face cache and the Hub is unreachable (offline); "
+                         "download it once while online, pass a local folder, or pass name=None for the "
+                         "profile's default")
+    print(f"[ftkit] offline: the profile's {role} model {wanted!r} is not cached, using {PACKAGED_NAMES[role]}")
+    return str(packaged_path(role))
 
 
 def describe(path_or_id: str) -> str:

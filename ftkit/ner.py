@@ -288,13 +288,17 @@ def tagger_panel(model, tokenizer, types):
     return Panel(tag, {"sentence": box}, title="Type a sentence and press Tag", button="Tag")
 
 
-def training_panel(cfg, encoded, tokenizer, label_names, table, depth: int):
-    """Epochs and frozen blocks for the tagger; each run adds a row to `table`."""
+def training_panel(cfg, encoded, tokenizer, label_names, table, depth: int, learning_rate: float,
+                   epochs: float | None = None):
+    """Epochs and frozen blocks for the tagger; each run adds a row to `table`.
+
+    Every run uses the main run's `learning_rate`, so a row differs from the main run only in the knobs the
+    learner moved (like with like)."""
     from . import widgets
 
     def run(n_frozen, epochs):
-        result, _ = train_tagger(cfg, encoded, tokenizer, label_names, n_frozen, epochs,
-                                 name=f"{n_frozen} of {depth} blocks frozen, {epochs} ep")
+        result, _ = train_tagger(cfg, encoded, tokenizer, label_names, n_frozen, epochs, learning_rate=learning_rate,
+                                 name=f"{n_frozen} of {depth} blocks frozen, {epochs} ep, lr {learning_rate:g}")
         table.add(result)
         return result
 
@@ -302,5 +306,5 @@ def training_panel(cfg, encoded, tokenizer, label_names, table, depth: int):
         return table.bar("overall_f1", title="entity-level F1 per run")
 
     controls = {"n_frozen": widgets.int_slider(0, 0, depth, "frozen blocks"),
-                "epochs": widgets.float_slider(float(cfg.epochs), 0.5, 8.0, "epochs", step=0.5)}
+                "epochs": widgets.float_slider(float(epochs or cfg.epochs), 0.5, 8.0, "epochs", step=0.5)}
     return widgets.Panel(run, controls, plot=plot, title="Train the tagger")

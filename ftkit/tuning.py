@@ -30,8 +30,8 @@ def embed(texts, cfg, batch_size: int = 64, model_name: str | None = None) -> np
     """
     import torch
 
+    texts = data.check_texts(texts, "texts to embed")
     path = models.resolve("encoder", cfg, model_name)
-    texts = list(texts)
     key = hashlib.sha256("\x00".join([path, str(cfg.max_length), *texts]).encode()).hexdigest()[:20]
     cached = cache_dir() / "embeddings" / f"{key}.npy"
     if cached.is_file():
@@ -121,7 +121,9 @@ def feature_based(name: str, head, X_train, y_train, X_test, y_test, encoder_par
 # --------------------------------------------------------------------------- parameter-based
 def tokenize(ds, cfg, text_column: str = "text", label_column: str = "label"):
     """Tokenize every split (no padding: the collator pads each batch to its longest sentence)."""
-    data.check_classification(ds["train"], text_column, label_column)
+    for split in ds:
+        data.check_classification(ds[split], text_column, label_column,
+                                  "training data" if split == "train" else f"split {split!r}")
     tokenizer = models.load_tokenizer("encoder", cfg)
     keep = {text_column, label_column}
     encoded = ds.map(lambda b: tokenizer(b[text_column], truncation=True, max_length=cfg.max_length),

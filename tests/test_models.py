@@ -10,10 +10,50 @@ def test_packaged_encoder_resolves_offline(cfg):
     assert path == str(models.packaged_minilm_path())
 
 
-def test_a_hub_id_while_offline_falls_back_to_the_packaged_model(monkeypatch, capsys):
+def test_the_profiles_default_hub_id_falls_back_to_the_packaged_model_offline(monkeypatch, capsys, tmp_path):
+    import huggingface_hub.constants
+
+    from ftkit.env import get_profile
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert models.resolve("encoder", name="distilbert-base-uncased") == str(models.packaged_minilm_path())
-    assert "offline" in capsys.readouterr().out
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))     # an empty HF cache
+    assert models.resolve("encoder", get_profile("gpu")) == str(models.packaged_minilm_path())
+    assert "offline: the profile's encoder model 'distilbert-base-uncased' is not cached" in capsys.readouterr().out
+
+
+def test_an_explicit_hub_id_never_silently_becomes_the_packaged_model(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="'distilbert-base-uncased' is not in the local Hugging Face cache"):
+        models.resolve("encoder", name="distilbert-base-uncased")
+
+
+def test_an_explicit_hub_id_in_the_local_hf_cache_is_loaded_from_it_offline(monkeypatch, tmp_path):
+    """The layout HF's downloader writes: models--org--name/refs/main -> snapshots/<commit>/files."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "models--someone--tiny-minilm" / "snapshots" / commit
+    shutil.copytree(models.packaged_minilm_path(), snapshot)
+    (tmp_path / "models--someone--tiny-minilm" / "refs").mkdir()
+    (tmp_path / "models--someone--tiny-minilm" / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert models.resolve("encoder", name="someone/tiny-minilm") == str(snapshot)
+    assert models.load_tokenizer("encoder", name="someone/tiny-minilm")("a test")["input_ids"][0] == 101   # [CLS]
+
+
+def test_a_local_path_that_does_not_exist_is_an_error_not_a_fallback(tmp_path):
+    for missing in (str(tmp_path / "my-model"), "./models/my-model", "~/nowhere/model"):
+        with pytest.raises(ValueError, match="model folder .* does not exist; check the path"):
+            models.resolve("encoder", name=missing)
+    for empty in ("", "  "):
+        with pytest.raises(ValueError, match="pass None for the profile's default"):
+            models.resolve("encoder", name=empty)
 
 
 def test_a_hub_id_while_online_is_passed_through(monkeypatch):

@@ -72,6 +72,34 @@ def test_single_class_training_set_is_refused(cfg):
         tuning.tokenize(_tiny([1, 1, 1]), cfg)
 
 
+@pytest.mark.parametrize("labels, message", [
+    ([0, None, 1], r"'label' is missing \(None/NaN\) in row 1; drop or label those rows"),
+    ([0.0, float("nan"), 1.0], r"'label' is missing \(None/NaN\) in row 1"),
+    (["pos", "neg", "pos"], r"'label' holds strings \(row 0: 'pos'\).*ds.class_encode_column\('label'\)"),
+    ([0, 1.5, 1], r"'label' in row 1 is 1.5; class ids are whole numbers"),
+    ([0, -1, 1], r"'label' in row 1 is -1; class ids are whole numbers"),
+])
+def test_tokenize_refuses_labels_that_are_not_class_ids(cfg, labels, message):
+    with pytest.raises(ValueError, match=message):
+        tuning.tokenize(_tiny(labels), cfg)
+
+
+def test_tokenize_refuses_a_missing_text_in_any_split(cfg):
+    bad = Dataset.from_dict({"text": ["good", None], "label": [0, 1]})
+    with pytest.raises(ValueError, match=r"training data column 'text'\[1\] is None; every entry must be a non-empty"):
+        tuning.tokenize(DatasetDict({"train": bad, "test": bad}), cfg)
+    good = _tiny([0, 1])["train"]
+    with pytest.raises(ValueError, match=r"split 'test' column 'text'\[1\] is None"):
+        tuning.tokenize(DatasetDict({"train": good, "test": bad}), cfg)
+
+
+def test_embed_refuses_no_texts_and_missing_texts(cfg):
+    with pytest.raises(ValueError, match="texts to embed is empty: give at least one sentence"):
+        tuning.embed([], cfg)
+    with pytest.raises(ValueError, match=r"texts to embed\[1\] is None"):
+        tuning.embed(["fine", None], cfg)
+
+
 def test_fine_tune_frozen_layers_out_of_range(cfg):
     encoded, tok = tuning.tokenize(_tiny([0, 1, 0, 1]), cfg)
     with pytest.raises(ValueError, match=r"n_frozen must be an integer in 0..6"):
