@@ -109,7 +109,9 @@ PROFILES = {
     "cpu": Profile("cpu", PACKAGED, train_size=2000, eval_size=None, epochs=2, max_steps=-1,
                    batch_size=32, max_length=64, learning_rate=5e-5),
     "gpu": Profile("gpu", ONLINE_MODELS, train_size=None, eval_size=None, epochs=3, max_steps=-1,
-                   batch_size=32, max_length=128, learning_rate=5e-5),
+                   batch_size=32, max_length=128, learning_rate=5e-5,
+                   # session 07's "small vs large": the same comparisons for a larger instruct model
+                   extra={"large_causal": "HuggingFaceTB/SmolLM2-360M-Instruct"}),
 }
 
 

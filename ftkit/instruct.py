@@ -480,7 +480,8 @@ def error_counts(answers, instructions, references) -> dict:
 
 
 # --------------------------------------------------------------------------- catastrophic forgetting
-SENTIMENT_INSTRUCTION = "Is the sentiment of this movie review positive or negative? Answer with one word.\n\nReview: {text}"
+SENTIMENT_QUESTION = "Is the sentiment of this movie review positive or negative? Answer with one word."
+SENTIMENT_INSTRUCTION = SENTIMENT_QUESTION + "\n\nReview: {text}"
 
 # General questions with checkable answers: what the model could do before the narrow fine-tune.
 GENERAL_QUESTIONS = (

@@ -16,6 +16,7 @@ SIZES = {
     "wnut17": {"train": 3394, "validation": 1009, "test": 1287},
     "dolly": {"train": 544, "test": 60},
     "medquad_corpus": {"train": 5642},
+    "medquad_qa": {"train": 2063, "test": 377},
 }
 
 
@@ -149,6 +150,22 @@ def test_for_profile_cuts_to_the_profile_sizes(cfg):
 def test_attribution_quotes_the_license():
     assert "CC BY-SA 3.0" in data.attribution("dolly")
     assert "CC BY 4.0" in data.attribution("wikigold")
+    assert "CC BY 4.0" in data.attribution("medquad_qa") and "MedQuAD" in data.attribution("medquad_qa")
+
+
+def test_medquad_qa_is_split_by_focus_and_has_a_smoke_subset(cfg):
+    qa = data.load("medquad_qa")
+    assert not set(qa["train"]["focus"]) & set(qa["test"]["focus"])
+    small = data.for_profile(qa, cfg)      # the smoke subset: the profile's sizes, both splits
+    assert len(small["train"]) == cfg.train_size and len(small["test"]) == cfg.eval_size
+
+
+def test_qa_validation_names_the_problem():
+    row = {"question": "q?", "answer": "a.", "id": "1", "focus": "asthma", "qtype": "information", "source": "x"}
+    with pytest.raises(ValueError, match="focus 'asthma' is in splits 'train' and 'test'"):
+        data.validate(DatasetDict({"train": Dataset.from_list([row]), "test": Dataset.from_list([row])}), "qa")
+    with pytest.raises(ValueError, match="row 0: the answer is empty"):
+        data.validate(DatasetDict({"train": Dataset.from_list([{**row, "answer": " "}])}), "qa")
 
 
 def test_check_classification_names_the_problem():
