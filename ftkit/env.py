@@ -152,6 +152,12 @@ class Setup:
     offline: bool
     seed: int
     in_colab: bool
+    memory_limit_mb: float | None = None  # what this process may use: the cgroup limit or the available RAM
+
+    @property
+    def small_memory(self) -> bool:
+        """Under about 3 GB (Binder gives 2 GB): notebooks pick their memory levers from this."""
+        return self.memory_limit_mb is not None and self.memory_limit_mb < SMALL_MEMORY_MB
 
     def __getattr__(self, item):  # cfg.batch_size reads through to the profile
         if item.startswith("__") or item == "profile":  # copy/pickle probe these before __init__ ran
@@ -219,6 +225,46 @@ def library_versions() -> dict:
     return out
 
 
+SMALL_MEMORY_MB = 3 * 1024
+_CGROUP_FILES = ("/sys/fs/cgroup/memory.max",                      # cgroup v2
+                 "/sys/fs/cgroup/memory/memory.limit_in_bytes")     # cgroup v1
+
+
+def cgroup_limit_mb(paths=_CGROUP_FILES) -> float | None:
+    """The container's memory limit in MB, or None when there is none ("max", or v1's huge sentinel)."""
+    for path in paths:
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text == "max" or not text.isdigit():
+            return None
+        value = int(text)
+        return None if value >= 2**60 else value / 2**20     # v1 writes ~2**63 for "no limit"
+    return None
+
+
+def memory_limit_mb(paths=_CGROUP_FILES) -> float | None:
+    """What this kernel may use: FTKIT_MEMORY_LIMIT (e.g. "2G", "1800M") if set, else the smaller of the cgroup
+    limit and the RAM available now."""
+    wanted = os.environ.get("FTKIT_MEMORY_LIMIT", "").strip().upper()
+    if wanted:
+        units = {"G": 1024, "M": 1, "K": 1 / 1024}
+        try:
+            return float(wanted[:-1]) * units[wanted[-1]] if wanted[-1] in units else float(wanted) / 2**20
+        except ValueError:
+            raise ValueError(f"FTKIT_MEMORY_LIMIT={wanted!r} is not a size; write it like 2G or 1800M") from None
+    limits = [cgroup_limit_mb(paths)]
+    try:
+        import psutil
+
+        limits.append(psutil.virtual_memory().available / 2**20)
+    except ImportError:
+        pass
+    limits = [x for x in limits if x is not None]
+    return min(limits) if limits else None
+
+
 def setup(profile: str | None = None, seed: int = 42, verbose: bool = True) -> Setup:
     """The first call of every notebook: profile, device, offline state, seeds, quiet logs, widgets."""
     offline = ensure_offline_mode()
@@ -233,9 +279,11 @@ def setup(profile: str | None = None, seed: int = 42, verbose: bool = True) -> S
         from google.colab import output  # type: ignore
 
         output.enable_custom_widget_manager()  # ipywidgets 8 needs it in Colab
-    cfg = Setup(prof, device, offline, seed, colab)
+    cfg = Setup(prof, device, offline, seed, colab, memory_limit_mb())
     if verbose:
         versions = " ".join(f"{k}={v}" for k, v in library_versions().items())
-        print(f"ftkit profile={prof.name} device={device} offline={offline} seed={seed}")
+        memory = "unknown" if cfg.memory_limit_mb is None else f"{cfg.memory_limit_mb / 1024:.1f} GB"
+        print(f"ftkit profile={prof.name} device={device} offline={offline} seed={seed} memory={memory}"
+              + (" (small: the notebooks use their memory-saving settings)" if cfg.small_memory else ""))
         print(f"versions: {versions}")
     return cfg

@@ -94,3 +94,38 @@ def test_setup_object_can_be_copied(cfg):
 
     clone = copy.deepcopy(cfg)
     assert clone.batch_size == cfg.batch_size and clone.profile.name == "smoke"
+
+
+def test_memory_limit_reads_cgroup_v2_and_v1(tmp_path):
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    v2.write_text("2147483648\n")
+    assert env.cgroup_limit_mb([str(v2)]) == 2048
+    v2.write_text("max\n")
+    assert env.cgroup_limit_mb([str(v2)]) is None
+    v1.write_text(str(2**63 - 4096))                     # v1's "no limit"
+    assert env.cgroup_limit_mb([str(tmp_path / "absent"), str(v1)]) is None
+    v1.write_text(str(1800 * 2**20))
+    assert env.cgroup_limit_mb([str(tmp_path / "absent"), str(v1)]) == 1800
+
+
+def test_memory_limit_is_the_smaller_of_cgroup_and_available(tmp_path, monkeypatch):
+    import psutil
+
+    monkeypatch.delenv("FTKIT_MEMORY_LIMIT", raising=False)
+    v2 = tmp_path / "memory.max"
+    v2.write_text(str(2 * 2**30))
+    assert env.memory_limit_mb([str(v2)]) == min(2048, psutil.virtual_memory().available / 2**20)
+    monkeypatch.setenv("FTKIT_MEMORY_LIMIT", "1800M")
+    assert env.memory_limit_mb([str(v2)]) == 1800
+    monkeypatch.setenv("FTKIT_MEMORY_LIMIT", "two gigs")
+    with pytest.raises(ValueError, match="write it like 2G or 1800M"):
+        env.memory_limit_mb()
+
+
+def test_setup_reports_the_memory_and_flags_a_small_machine(monkeypatch, capsys):
+    monkeypatch.setenv("FTKIT_MEMORY_LIMIT", "2G")
+    cfg = env.setup("smoke")
+    assert cfg.memory_limit_mb == 2048 and cfg.small_memory
+    assert "memory=2.0 GB (small" in capsys.readouterr().out
+    monkeypatch.setenv("FTKIT_MEMORY_LIMIT", "16G")
+    assert not env.setup("smoke", verbose=False).small_memory
