@@ -1,4 +1,4 @@
-"""Command line: `python -m ftkit doctor | prepare | profiles` (also installed as `ftkit`)."""
+"""Command line: `python -m ftkit doctor | prepare | profiles | bench notebooks` (also installed as `ftkit`)."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,12 @@ def main(argv=None) -> int:
                              "warm up the packaged encoder's masked-LM head (once each)")
     prepare.add_argument("--force", action="store_true", help="build both caches again even if they exist")
     sub.add_parser("profiles", help="print the run-profile table")
+    bench = sub.add_parser("bench", help="benchmarks (not tests): wall time and peak memory")
+    bench.add_argument("what", choices=["notebooks"])
+    bench.add_argument("names", nargs="*", help="notebook files (default: every notebook in course/)")
+    bench.add_argument("--profile", default="cpu", help="the profile the notebooks run in (default: cpu)")
+    bench.add_argument("--memory-limit", help="tell the notebooks they have this much memory, e.g. 2G")
+    bench.add_argument("--out", default="benchmarks/notebooks", help="writes OUT.md and OUT.json")
     args = parser.parse_args(argv)
 
     import ftkit  # noqa: F401  (probes the Hub and sets offline mode first)
@@ -30,6 +36,13 @@ def main(argv=None) -> int:
         print(prepare_causal(force=args.force))
         print(prepare_mlm_head(force=args.force))
         return 0
+    if args.command == "bench":
+        from .bench import bench_notebooks
+        from .env import get_profile
+
+        get_profile(args.profile)       # an unknown profile fails before any notebook starts
+        rows = bench_notebooks(args.names, args.profile, args.memory_limit, args.out)
+        return 1 if any(r["error"] for r in rows) else 0
     from .env import PROFILES
 
     for p in PROFILES.values():

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -33,3 +34,40 @@ def test_doctor_fails_when_a_packaged_model_is_missing(tmp_path):
 def test_profiles_command_prints_the_table():
     out = subprocess.run([sys.executable, "-m", "ftkit", "profiles"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.count("models=") == 3
+
+
+def _notebook(path, *sources):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_bench_notebooks_runs_a_notebook_and_writes_its_table(tmp_path):
+    nb = _notebook(tmp_path / "tiny.ipynb", "import os, time\nblock = b'x' * (200 * 2**20)\ntime.sleep(0.5)",
+                   "print(os.environ['FTKIT_MEMORY_LIMIT'], os.environ['FTKIT_PROFILE'])")
+    out = subprocess.run([sys.executable, "-m", "ftkit", "bench", "notebooks", str(nb), "--profile", "smoke",
+                          "--memory-limit", "2G", "--out", str(tmp_path / "table")], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = json.loads((tmp_path / "table.json").read_text())
+    assert rows[0]["notebook"] == "tiny.ipynb" and rows[0]["error"] is None and rows[0]["memory limit"] == "2G"
+    assert rows[0]["peak kernel RSS MB"] >= 200 and rows[0]["peak at cell"] in (0, 1)   # the 200 MB the cell holds
+    assert "| tiny.ipynb | smoke |" in (tmp_path / "table.md").read_text() and "| yes |" in out.stdout
+
+
+def test_bench_reports_a_failing_notebook_and_refuses_bad_input(tmp_path):
+    nb = _notebook(tmp_path / "broken.ipynb", "x = 1", "1 / 0", "never = 'run'")
+    out = subprocess.run([sys.executable, "-m", "ftkit", "bench", "notebooks", str(nb), "--profile", "smoke",
+                          "--out", str(tmp_path / "t")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "cell 1: CellExecutionError" in (tmp_path / "t.md").read_text()
+    for args, message in ((["--memory-limit", "lots"], "write it like 2G or 1800M"),
+                          (["--profile", "laptop"], "unknown profile 'laptop'")):
+        out = subprocess.run([sys.executable, "-m", "ftkit", "bench", "notebooks", str(nb), *args],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode != 0 and message in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, "-m", "ftkit", "bench", "notebooks", "99_nothing.ipynb"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "no notebook" in out.stderr
