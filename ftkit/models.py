@@ -216,7 +216,8 @@ def load_sentence_model(cfg=None, name: str | None = None, device: str | None = 
 
 
 def load_causal(cfg=None, name: str | None = None, role: str = "causal"):
-    """(model, tokenizer) for the causal role (or the `judge` role). The tokenizer gets a pad token if it has none."""
+    """(model, tokenizer) for the causal role (or the `judge` role), on `cfg.device` (generation on a GPU profile
+    runs on the GPU). The tokenizer gets a pad token if it has none."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if role not in ("causal", "judge"):
@@ -226,7 +227,8 @@ def load_causal(cfg=None, name: str | None = None, role: str = "causal"):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, **SAFE)
-    return model, tokenizer
+    device = getattr(cfg, "device", None)
+    return (model.to(device) if device else model), tokenizer
 
 
 # --------------------------------------------------------------------------- masked LM (session 03)

@@ -216,6 +216,9 @@ def training_args(cfg, output_dir: str | None = None, args_class=None, **overrid
         seed=getattr(cfg, "seed", 42),
         use_cpu=device == "cpu",
         fp16=device == "cuda",
+        # Explicit: trl's SFTConfig turns bf16 autocast on whenever fp16 is off, and on a CPU without bf16
+        # units that emulation made every SFT step several times slower (measured: backward 44 s vs 7 s).
+        bf16=False,
         dataloader_num_workers=0,
     )
     args.update(overrides)

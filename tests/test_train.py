@@ -89,3 +89,13 @@ def test_results_table_charts_and_errors():
         table.bar("f1")
     with pytest.raises(ValueError, match="needs a 'setup'"):
         table.add({"accuracy": 1.0})
+
+
+def test_cpu_training_runs_in_float32_even_with_trls_config(cfg):
+    """trl's SFTConfig defaults to bf16 autocast whenever fp16 is off; on a CPU that is slow emulation."""
+    from transformers import TrainingArguments
+    from trl import SFTConfig
+
+    for args_class in (TrainingArguments, SFTConfig):
+        args = train.training_args(cfg, args_class=args_class)
+        assert args.bf16 is False and args.fp16 is False, args_class.__name__
