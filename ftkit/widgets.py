@@ -37,6 +37,11 @@ def dropdown(options, value, description: str):
     return w.Dropdown(options=options, value=value, description=description, style={"description_width": "initial"})
 
 
+def _is_rich(obj) -> bool:
+    return any(hasattr(obj, a) for a in ("_repr_html_", "_repr_markdown_", "_repr_mimebundle_")) and \
+        not isinstance(obj, type)
+
+
 class Panel:
     """Controls + Run button + progress + output area + figure area around `fn`.
 
@@ -89,6 +94,7 @@ class Panel:
         from IPython.display import display
 
         self.error = None
+        self.output.outputs = ()        # each run shows its own output
         self.button.disabled = True
         self.progress.value, self.progress.description = 0.0, "running"
         kwargs = self.values
@@ -98,6 +104,8 @@ class Panel:
             with self.output:
                 result = self.fn(**kwargs)
             self.results.append(result)
+            if _is_rich(result):        # e.g. an HTML side-by-side: show it in the panel, not only to the caller
+                self.output.append_display_data(result)
             if self.plot is not None:
                 fig = self.plot(self)
                 self.figure.clear_output(wait=True)

@@ -58,3 +58,16 @@ def test_the_plot_is_a_plain_figure_redrawn_after_each_run():
     panel.click(rank=3)
     assert len(drawn) == 2 and list(drawn[-1].data[0].y) == [2, 3]
     assert type(drawn[-1]) is go.Figure
+
+
+def test_a_rich_result_is_shown_in_the_panel_itself():
+    """In a browser, a learner who presses Ask sees the answer in the panel; a test gets it from click()."""
+    from IPython.display import HTML
+
+    panel = widgets.Panel(lambda question: HTML(f"<b>{question}?</b>"), {"question": widgets.int_slider(1, 0, 3, "q")},
+                  button="Ask")
+    assert panel.click(question=2).data == "<b>2?</b>"
+    shown = [o["data"]["text/html"] for o in panel.output.outputs]
+    assert shown == ["<b>2?</b>"]
+    panel.click(question=3)                                   # the next run replaces it
+    assert [o["data"]["text/html"] for o in panel.output.outputs] == ["<b>3?</b>"]
