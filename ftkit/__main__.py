@@ -1,4 +1,4 @@
-"""Command line: `python -m ftkit doctor | prepare | profiles | bench notebooks` (also installed as `ftkit`)."""
+"""Command line: `python -m ftkit doctor | prepare | profiles | bench notebooks | train TASK` (also `ftkit`)."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,11 @@ import sys
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:                   # its own flags: python -m ftkit train --help
+        from .recipes import main as train_main
+
+        return train_main(argv[1:])
     parser = argparse.ArgumentParser(prog="ftkit", description="helpers for the fine-tuning course")
     sub = parser.add_subparsers(dest="command", required=True)
     doctor = sub.add_parser("doctor", help="check Python, libraries, device, RAM, disk, Hub and models")
@@ -14,6 +19,7 @@ def main(argv=None) -> int:
                              "warm up the packaged encoder's masked-LM head (once each)")
     prepare.add_argument("--force", action="store_true", help="build both caches again even if they exist")
     sub.add_parser("profiles", help="print the run-profile table")
+    sub.add_parser("train", help="a course recipe as a script: classify | ner | mlm | sft (see train --help)")
     bench = sub.add_parser("bench", help="benchmarks (not tests): wall time and peak memory")
     bench.add_argument("what", choices=["notebooks"])
     bench.add_argument("names", nargs="*", help="notebook files (default: every notebook in course/)")

@@ -224,12 +224,16 @@ def sft_dataset(ds, template: str = "alpaca"):
     return ds.map(convert, remove_columns=ds.column_names)
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
 def sft(model, tokenizer, train_rows, cfg, *, name: str, template: str = "alpaca", lora_rank: int | None = None,
-        max_length: int = 256, **arg_overrides):
+        max_length: int = 256, lora_alpha: float | None = None, lora_targets=None, **arg_overrides):
     """Fine-tune with trl's SFTTrainer on prompt-completion pairs, loss on the completion only.
 
-    `lora_rank=None` trains every weight; a rank trains LoRA adapters on the attention and MLP
-    projections instead (peft injects them into `model` in place). Returns a RunResult.
+    `lora_rank=None` trains every weight; a rank trains LoRA adapters (alpha 2 x rank unless given) on the
+    attention and MLP projections (or `lora_targets`) instead; peft injects them into `model` in place.
+    Returns a RunResult.
     """
     from trl import SFTConfig, SFTTrainer
 
@@ -241,9 +245,8 @@ def sft(model, tokenizer, train_rows, cfg, *, name: str, template: str = "alpaca
 
         if not isinstance(lora_rank, int) or lora_rank <= 0:
             raise ValueError(f"lora_rank must be a positive integer or None (full fine-tuning), got {lora_rank!r}")
-        peft_config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                 "down_proj"])
+        peft_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank, lora_dropout=0.0,
+                                 task_type="CAUSAL_LM", target_modules=list(lora_targets or LORA_TARGETS))
     return fit(model, sft_dataset(train_rows, template), None, cfg, name=name, tokenizer=tokenizer,
                trainer_class=SFTTrainer, args_class=SFTConfig, trainer_kwargs={"peft_config": peft_config},
                max_length=max_length, completion_only_loss=True, packing=False,

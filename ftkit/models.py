@@ -183,22 +183,25 @@ def _label_maps(labels):
     return {i: str(l) for i, l in enumerate(labels)}, {str(l): i for i, l in enumerate(labels)}
 
 
-def load_classifier(labels, cfg=None, name: str | None = None):
-    """An encoder with a fresh sequence-classification head for `labels` (a list of names)."""
+def load_classifier(labels, cfg=None, name: str | None = None, **config_overrides):
+    """An encoder with a fresh sequence-classification head for `labels` (a list of names).
+    `config_overrides` change the model's config (e.g. hidden_dropout_prob=0.0)."""
     from transformers import AutoModelForSequenceClassification
 
     id2label, label2id = _label_maps(labels)
     return AutoModelForSequenceClassification.from_pretrained(
-        resolve("encoder", cfg, name), num_labels=len(id2label), id2label=id2label, label2id=label2id, **SAFE)
+        resolve("encoder", cfg, name), num_labels=len(id2label), id2label=id2label, label2id=label2id,
+        **config_overrides, **SAFE)
 
 
-def load_token_classifier(labels, cfg=None, name: str | None = None):
+def load_token_classifier(labels, cfg=None, name: str | None = None, **config_overrides):
     """An encoder with a fresh token-classification head for `labels` (e.g. IOB2 tags)."""
     from transformers import AutoModelForTokenClassification
 
     id2label, label2id = _label_maps(labels)
     return AutoModelForTokenClassification.from_pretrained(
-        resolve("encoder", cfg, name), num_labels=len(id2label), id2label=id2label, label2id=label2id, **SAFE)
+        resolve("encoder", cfg, name), num_labels=len(id2label), id2label=id2label, label2id=label2id,
+        **config_overrides, **SAFE)
 
 
 def load_encoder(cfg=None, name: str | None = None):

@@ -252,15 +252,17 @@ def split_words(text: str) -> list[str]:
 
 
 def train_tagger(cfg, encoded, tokenizer, label_names, n_frozen: int = 0, epochs: float | None = None,
-                 learning_rate: float | None = None, name: str | None = None):
-    """A fresh token classifier, bottom `n_frozen` blocks frozen, trained and scored: (RunResult, model)."""
+                 learning_rate: float | None = None, name: str | None = None, config_overrides: dict | None = None,
+                 **arg_overrides):
+    """A fresh token classifier, bottom `n_frozen` blocks frozen, trained and scored: (RunResult, model).
+    `arg_overrides` go to the TrainingArguments (and `resume_from_checkpoint` to the Trainer)."""
     from transformers import DataCollatorForTokenClassification
 
     from . import models, train
 
-    model = models.load_token_classifier(label_names, cfg)
+    model = models.load_token_classifier(label_names, cfg, **(config_overrides or {}))
     train.freeze_bottom(model, n_frozen)
-    overrides = {"num_train_epochs": epochs} if epochs is not None else {}
+    overrides = dict(arg_overrides, **({"num_train_epochs": epochs} if epochs is not None else {}))
     if learning_rate is not None:
         overrides["learning_rate"] = learning_rate
     result = train.fit(model, encoded["train"], encoded["test"], cfg,

@@ -168,6 +168,7 @@ class RunResult:
     eval_history: list = field(default_factory=list)  # one dict of eval metrics per evaluation during training
     extra: dict = field(default_factory=dict)
     model: object = field(default=None, repr=False, compare=False)  # what the trainer trained (e.g. a PeftModel)
+    steps: int = 0  # optimizer steps taken in total (a resumed run counts the steps before the interruption too)
 
     @property
     def trainable_pct(self) -> float:
@@ -244,13 +245,14 @@ def release_memory_callback():
 
 def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_metrics=None,
         data_collator=None, trainer_class=None, args_class=None, trainer_kwargs=None, callbacks=None,
-        **arg_overrides) -> RunResult:
+        resume_from_checkpoint: str | None = None, **arg_overrides) -> RunResult:
     """Train `model` on `train_ds`, evaluate on `eval_ds` (if given), and return a RunResult.
 
     Padding is dynamic (per batch) when a tokenizer is given and no collator is. `trainer_class`
     is a Trainer subclass for a custom loss (session 03 scores masked positions only) or trl's
     SFTTrainer (session 05, with `args_class=SFTConfig`; it brings its own collator). `callbacks` are
-    extra TrainerCallbacks (session 05 measures forgetting after every epoch).
+    extra TrainerCallbacks (session 05 measures forgetting after every epoch). `resume_from_checkpoint`
+    continues an interrupted run (`python -m ftkit train --resume`).
     """
     from transformers import DataCollatorWithPadding, Trainer
 
@@ -263,7 +265,7 @@ def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_met
                                          **(trainer_kwargs or {}))
     model = trainer.model
     with measure(model, getattr(cfg, "device", "cpu")) as m:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     metrics = trainer.evaluate() if eval_ds is not None else {}
     metrics = {k.removeprefix("eval_"): v for k, v in metrics.items()
                if not k.endswith(("runtime", "per_second")) and k != "epoch"}
@@ -271,4 +273,4 @@ def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_met
     losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
     evals = [h for h in history if "eval_loss" in h]
     return RunResult(name, metrics, m["trainable_params"], m["total_params"], m["seconds"], m["peak_mem_mb"],
-                     losses, evals, model=model)
+                     losses, evals, model=model, steps=trainer.state.global_step)

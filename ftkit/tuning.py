@@ -143,16 +143,17 @@ def setup_name(n_frozen: int, depth: int) -> str:
 
 def fine_tune(cfg, encoded, tokenizer, label_names, n_frozen: int, epochs: float | None = None,
               learning_rate: float | None = None, name: str | None = None, encoder_state: dict | None = None,
-              **arg_overrides) -> train.RunResult:
+              config_overrides: dict | None = None, **arg_overrides) -> train.RunResult:
     """A fresh classifier with the embeddings and the first `n_frozen` blocks frozen, trained and evaluated.
 
     `encoder_state` replaces the pretrained encoder weights (e.g. a domain-adapted encoder from session
     03); the pooler and the new head are the same as without it, so only the encoder differs.
-    `arg_overrides` go to the TrainingArguments (e.g. seed, per_device_train_batch_size)."""
+    `config_overrides` change the model config (e.g. dropout); `arg_overrides` go to the TrainingArguments
+    (e.g. seed, per_device_train_batch_size)."""
     import torch
 
     torch.manual_seed(arg_overrides.get("seed", getattr(cfg, "seed", 42)))  # the new head's initial weights
-    model = models.load_classifier(label_names, cfg)
+    model = models.load_classifier(label_names, cfg, **(config_overrides or {}))
     if encoder_state is not None:
         missing, unexpected = model.base_model.load_state_dict(encoder_state, strict=False)
         if unexpected or [k for k in missing if not k.startswith("pooler.")]:

@@ -1,0 +1,161 @@
+"""`python -m ftkit train`: each task in the smoke profile, bad input, resume, and a 2-process DDP run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ftkit import recipes
+
+SMOKE = ["--profile", "smoke"]
+
+
+def train(*args, timeout=600, env=None):
+    return subprocess.run([sys.executable, "-m", "ftkit", "train", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def weights(folder: Path) -> dict:
+    return load_file(str(folder / "model" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("task, extra", [
+    ("classify", ["--data", "rotten_tomatoes", "--frozen", "4"]),
+    ("ner", ["--data", "wikigold"]),
+    ("mlm", ["--data", "medquad_corpus", "--scheme", "token"]),
+    ("sft", ["--data", "dolly", "--lora-rank", "4", "--max-length", "128"]),
+])
+def test_each_task_trains_and_writes_its_outputs_once(tmp_path, task, extra):
+    out = tmp_path / task
+    done = train(task, *extra, *SMOKE, "--max-steps", "2", "--output-dir", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["seconds"] > 0 and metrics["profile"] == "smoke"
+    assert json.loads((out / "run.json").read_text())["task"] == task
+    saved = sorted(p.name for p in (out / "model").iterdir())
+    assert ("adapter_model.safetensors" if task == "sft" else "model.safetensors") in saved
+    assert "tokenizer.json" in saved and not [p for p in saved if p.endswith((".bin", ".pt", ".pth"))]
+    if task == "sft":
+        assert metrics["metrics"]["held-out loss"] > 0
+
+
+def test_user_files_with_their_own_column_names_and_string_labels(tmp_path):
+    rows = [{"review": t, "stars": s} for t, s in [("great fun", "good"), ("dull and long", "bad")] * 10]
+    f = tmp_path / "mine.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "run"
+    done = train("classify", "--train-file", str(f), "--text-column", "review", "--label-column", "stars", *SMOKE,
+                 "--max-steps", "1", "--output-dir", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "model" / "config.json").read_text())["id2label"] == {"0": "bad", "1": "good"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["classify", "--data", "imdb"], "unknown dataset 'imdb'"),
+    (["classify", "--data", "wikigold"], "'wikigold' is a ner dataset; the classify task needs classification"),
+    (["ner", "--data", "wikigold", "--lora-rank", "8"], "--lora-rank applies to classify and sft"),
+    (["mlm", "--data", "medquad_corpus", "--frozen", "2"], "--frozen applies to classify and ner"),
+    (["classify", "--data", "rotten_tomatoes", "--model", "./no/such/model"], "model folder './no/such/model' does not"),
+    (["classify"], "give either --data"),
+    (["classify", "--data", "rotten_tomatoes", "--resume"], "holds no ftkit run to continue"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, args, message):
+    done = train(*args, *SMOKE, "--output-dir", str(tmp_path / "out"))
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_unknown_task_and_missing_columns(tmp_path):
+    done = train("translate", "--output-dir", str(tmp_path))
+    assert done.returncode == 2 and "invalid choice: 'translate'" in done.stderr
+    f = tmp_path / "mine.csv"
+    f.write_text("sentence,y\nfine,1\nbad,0\n")
+    done = train("classify", "--train-file", str(f), *SMOKE, "--output-dir", str(tmp_path / "out"))
+    assert done.returncode == 2 and "has no column 'text' (columns: ['sentence', 'y'])" in done.stderr
+
+
+def test_an_output_dir_with_another_run_is_refused_without_overwrite(tmp_path):
+    out = tmp_path / "out"
+    args = ["classify", "--data", "rotten_tomatoes", *SMOKE, "--max-steps", "1", "--output-dir", str(out)]
+    assert train(*args).returncode == 0
+    again = train(*args[:-2], "--learning-rate", "1e-3", "--output-dir", str(out))
+    assert again.returncode == 2 and "already holds a different ftkit run; pass --overwrite" in again.stderr
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("do not delete")
+    refused = train(*args[:-2], "--output-dir", str(mine))
+    assert refused.returncode == 2 and "files that are not an ftkit run" in refused.stderr
+    assert (mine / "thesis.txt").read_text() == "do not delete"
+    assert train(*args[:-2], "--learning-rate", "1e-3", "--output-dir", str(out), "--overwrite").returncode == 0
+
+
+def test_last_complete_checkpoint_skips_a_save_that_was_killed(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert recipes.last_complete_checkpoint(tmp_path).name == "checkpoint-4"
+    assert recipes.last_complete_checkpoint(tmp_path / "nothing") is None
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_at_the_same_step(tmp_path):
+    out = tmp_path / "run"
+    args = ["classify", "--data", "rotten_tomatoes", *SMOKE, "--max-steps", "6", "--save-steps", "2",
+            "--output-dir", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "ftkit", "train", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while recipes.last_complete_checkpoint(out / "checkpoints") is None:
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "metrics.json").exists()                       # it really was interrupted
+    resumed = train(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = json.loads((recipes.last_complete_checkpoint(out / "checkpoints") / "trainer_state.json").read_text())
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 6 == state["global_step"]
+    changed = train(*args[:-4], "--max-steps", "8", "--save-steps", "2", "--output-dir", str(out), "--resume")
+    assert changed.returncode == 2 and "started with other settings (max_steps)" in changed.stderr
+
+
+def test_two_processes_with_ddp_match_one_process_with_the_same_global_batch(tmp_path):
+    """accelerate launch --num_processes 2 --cpu (gloo): each process takes 4 of every 8 examples and DDP averages
+    the gradients, so with dropout off both runs take the same steps on the same batches. What remains is
+    floating-point summation order (gloo's all-reduce, per-half padding), far below one Adam step (lr 1e-4)."""
+    common = ["classify", "--data", "rotten_tomatoes", *SMOKE, "--max-steps", "3", "--dropout", "0",
+              "--learning-rate", "1e-4"]
+    one = train(*common, "--batch-size", "8", "--output-dir", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "-m", "ftkit", "train", *common, "--batch-size", "4", "--output-dir", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "on 2 process(es)" in two.stdout and two.stdout.count("wrote ") == 1        # written once
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert diff < 1e-5, f"DDP and one process differ by {diff}"
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["steps"] == 3
+    # The tolerance tells a wrong set-up apart: one process at batch 4 (half the global batch) lands far away.
+    half = train(*common, "--batch-size", "4", "--output-dir", str(tmp_path / "half"))
+    assert half.returncode == 0, half.stderr[-3000:]
+    c = weights(tmp_path / "half")
+    assert max(float((a[k] - c[k]).abs().max()) for k in a) > 100 * max(diff, 1e-7)
+
+
+@pytest.mark.parametrize("name", ["single_gpu", "multi_gpu_ddp", "fsdp", "deepspeed_zero2", "cpu_2_processes"])
+def test_the_shipped_accelerate_configs_are_valid_for_accelerate(name):
+    """Parsed by accelerate's own loader (unknown keys or values are refused there)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "accelerate" / f"{name}.yaml"
+    config = load_config_from_file(str(path))
+    expected = {"single_gpu": "NO", "multi_gpu_ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED",
+                "cpu_2_processes": "MULTI_CPU"}[name]
+    assert config.num_processes >= 1 and config.distributed_type.value == expected
