@@ -106,7 +106,8 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
 
 
 def prepare_output(args, config: dict, is_main: bool) -> Path | None:
-    """Refuse to mix runs in one folder; return the checkpoint to resume from (or None)."""
+    """Refuse to mix runs in one folder; return the checkpoint to resume from (or None). Every process checks
+    (so bad input stops them all with the same message); the caller then lets the main process `start_output`."""
     out = Path(args.output_dir)
     previous = out / RUN_FILE
     if args.resume:
@@ -121,17 +122,20 @@ def prepare_output(args, config: dict, is_main: bool) -> Path | None:
         if checkpoint is None:
             raise ValueError(f"--resume: no complete checkpoint in {out / 'checkpoints'} yet; start without --resume")
         return checkpoint
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            what = "a different ftkit run" if previous.is_file() else "files that are not an ftkit run"
-            raise ValueError(f"--output-dir {out} already holds {what}; pass --overwrite to replace it, "
-                             "--resume to continue it, or choose another folder")
-        if is_main:
-            shutil.rmtree(out)
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomic(previous, json.dumps(config, indent=1))
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        what = "a different ftkit run" if previous.is_file() else "files that are not an ftkit run"
+        raise ValueError(f"--output-dir {out} already holds {what}; pass --overwrite to replace it, "
+                         "--resume to continue it, or choose another folder")
     return None
+
+
+def start_output(args, config: dict) -> None:
+    """Main process only, after every process has checked: clear an --overwrite folder, record the run."""
+    out = Path(args.output_dir)
+    if args.overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / RUN_FILE, json.dumps(config, indent=1))
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -288,12 +292,25 @@ def run(args) -> int:
     from .env import setup
 
     check_flags(args)
-    state = PartialState()                      # the distributed set-up accelerate launch provides, or one process
+    import torch
+
+    # The distributed set-up that accelerate launch (or torchrun) provides, or one process. Without a GPU the
+    # processes must be told they are CPU processes, or each one believes it runs alone.
+    state = PartialState(cpu=not torch.cuda.is_available())
     cfg = setup(args.profile, seed=args.seed, verbose=state.is_main_process)
     cfg = run_profile(args, cfg)
     ds = load_task_data(args)
+    if cfg.profile.name == "smoke":             # a quick check of the whole pipeline, as in the notebooks
+        from .data import for_profile
+
+        ds = for_profile(ds, cfg)
+        if state.is_main_process:
+            print(f"[ftkit] smoke profile: {len(ds['train'])} training and {len(ds['test'])} evaluation rows")
     config = {**run_config(args), "resolved model": cfg.profile.models[ROLE[args.task]], "profile": cfg.profile.name}
     checkpoint = prepare_output(args, config, state.is_main_process)
+    state.wait_for_everyone()                   # all have looked at the folder before the main process writes
+    if state.is_main_process and checkpoint is None:
+        start_output(args, config)
     state.wait_for_everyone()
     out = Path(args.output_dir)
     overrides = {"output_dir": str(out / "checkpoints"), "save_strategy": "steps", "save_steps": args.save_steps,

@@ -125,37 +125,42 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_at_the_same_step(tmp_
 
 
 def test_two_processes_with_ddp_match_one_process_with_the_same_global_batch(tmp_path):
-    """accelerate launch --num_processes 2 --cpu (gloo): each process takes 4 of every 8 examples and DDP averages
-    the gradients, so with dropout off both runs take the same steps on the same batches. What remains is
-    floating-point summation order (gloo's all-reduce, per-half padding), far below one Adam step (lr 1e-4)."""
+    """Two CPU processes (gloo): each takes 4 of every 8 examples and DDP averages the gradients, so with dropout off
+    both runs take the same steps on the same batches, up to floating-point summation order. Exact equality is not
+    possible, and an elementwise bound is the wrong test: Adam divides each update by the gradient's own size, so
+    for weights whose gradient is ~0 that summation noise can flip a step (up to 2 x lr). The whole-model distance
+    is what must be small: DDP lands at least 10x closer to the one-process run than a run that differs in earnest
+    (one process at half the global batch)."""
     common = ["classify", "--data", "rotten_tomatoes", *SMOKE, "--max-steps", "3", "--dropout", "0",
               "--learning-rate", "1e-4"]
     one = train(*common, "--batch-size", "8", "--output-dir", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+    # accelerate 1.15's --cpu flag alone starts ONE process (its simple launcher); the torchrun-based launcher is
+    # --multi_gpu, and ACCELERATE_USE_CPU=1 makes its processes CPU processes talking over gloo.
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                           "-m", "ftkit", "train", *common, "--batch-size", "4", "--output-dir", str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
     assert two.returncode == 0, two.stderr[-3000:]
     assert "on 2 process(es)" in two.stdout and two.stdout.count("wrote ") == 1        # written once
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
-    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert diff < 1e-5, f"DDP and one process differ by {diff}"
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["steps"] == 3
-    # The tolerance tells a wrong set-up apart: one process at batch 4 (half the global batch) lands far away.
     half = train(*common, "--batch-size", "4", "--output-dir", str(tmp_path / "half"))
     assert half.returncode == 0, half.stderr[-3000:]
-    c = weights(tmp_path / "half")
-    assert max(float((a[k] - c[k]).abs().max()) for k in a) > 100 * max(diff, 1e-7)
+    a, b, c = (weights(tmp_path / n) for n in ("one", "two", "half"))
+
+    def distance(x, y):
+        return float(torch.sqrt(sum(((x[k] - y[k]) ** 2).sum() for k in x)))
+
+    ddp, different = distance(a, b), distance(a, c)
+    assert ddp < 0.1 * different, f"DDP is {ddp:.2e} from one process; half the batch is {different:.2e}"
 
 
-@pytest.mark.parametrize("name", ["single_gpu", "multi_gpu_ddp", "fsdp", "deepspeed_zero2", "cpu_2_processes"])
+@pytest.mark.parametrize("name", ["single_gpu", "multi_gpu_ddp", "fsdp", "deepspeed_zero2"])
 def test_the_shipped_accelerate_configs_are_valid_for_accelerate(name):
     """Parsed by accelerate's own loader (unknown keys or values are refused there)."""
     from accelerate.commands.config.config_args import load_config_from_file
 
     path = Path(__file__).resolve().parent.parent / "configs" / "accelerate" / f"{name}.yaml"
     config = load_config_from_file(str(path))
-    expected = {"single_gpu": "NO", "multi_gpu_ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED",
-                "cpu_2_processes": "MULTI_CPU"}[name]
+    expected = {"single_gpu": "NO", "multi_gpu_ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED"}[name]
     assert config.num_processes >= 1 and config.distributed_type.value == expected
