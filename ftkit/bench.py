@@ -73,19 +73,9 @@ def run_notebook(path: Path, profile: str, memory_limit: str | None = None, time
 
 
 def limit_mb(text: str | None) -> float | None:
-    if not text:
-        return None
-    from .env import memory_limit_mb
+    from .env import size_mb
 
-    old = os.environ.get("FTKIT_MEMORY_LIMIT")
-    os.environ["FTKIT_MEMORY_LIMIT"] = text
-    try:
-        return memory_limit_mb()
-    finally:
-        if old is None:
-            os.environ.pop("FTKIT_MEMORY_LIMIT")
-        else:
-            os.environ["FTKIT_MEMORY_LIMIT"] = old
+    return size_mb(text, "--memory-limit") if text else None
 
 
 def markdown(rows) -> str:

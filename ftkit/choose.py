@@ -244,8 +244,7 @@ def _measure_costs(role: str, method: str, name, profile, steps: int, batch: int
 
     def load():
         if role in ("causal", "judge"):
-            return models.load_causal(cfg, name, role)[0], ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                            "up_proj", "down_proj"]
+            return models.load_causal(cfg, name, role)[0], instruct.LORA_TARGETS
         return models.load_classifier(["a", "b"], cfg, name), ["query", "key", "value", "dense"]
 
     with PeakMemory() as loading:

@@ -244,16 +244,22 @@ def cgroup_limit_mb(paths=_CGROUP_FILES) -> float | None:
     return None
 
 
+def size_mb(text: str, what: str = "size") -> float:
+    """"2G", "1800M", "512K" or plain bytes, in MB."""
+    wanted = text.strip().upper()
+    units = {"G": 1024, "M": 1, "K": 1 / 1024}
+    try:
+        return float(wanted[:-1]) * units[wanted[-1]] if wanted[-1:] in units else float(wanted) / 2**20
+    except ValueError:
+        raise ValueError(f"{what}={wanted!r} is not a size; write it like 2G or 1800M") from None
+
+
 def memory_limit_mb(paths=_CGROUP_FILES) -> float | None:
     """What this kernel may use: FTKIT_MEMORY_LIMIT (e.g. "2G", "1800M") if set, else the smaller of the cgroup
     limit and the RAM available now."""
-    wanted = os.environ.get("FTKIT_MEMORY_LIMIT", "").strip().upper()
+    wanted = os.environ.get("FTKIT_MEMORY_LIMIT", "").strip()
     if wanted:
-        units = {"G": 1024, "M": 1, "K": 1 / 1024}
-        try:
-            return float(wanted[:-1]) * units[wanted[-1]] if wanted[-1] in units else float(wanted) / 2**20
-        except ValueError:
-            raise ValueError(f"FTKIT_MEMORY_LIMIT={wanted!r} is not a size; write it like 2G or 1800M") from None
+        return size_mb(wanted, "FTKIT_MEMORY_LIMIT")
     limits = [cgroup_limit_mb(paths)]
     try:
         import psutil

@@ -105,7 +105,7 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
     return next((p for p in found if (p / "trainer_state.json").is_file()), None)
 
 
-def prepare_output(args, config: dict, is_main: bool) -> Path | None:
+def prepare_output(args, config: dict) -> Path | None:
     """Refuse to mix runs in one folder; return the checkpoint to resume from (or None). Every process checks
     (so bad input stops them all with the same message); the caller then lets the main process `start_output`."""
     out = Path(args.output_dir)
@@ -307,7 +307,7 @@ def run(args) -> int:
         if state.is_main_process:
             print(f"[ftkit] smoke profile: {len(ds['train'])} training and {len(ds['test'])} evaluation rows")
     config = {**run_config(args), "resolved model": cfg.profile.models[ROLE[args.task]], "profile": cfg.profile.name}
-    checkpoint = prepare_output(args, config, state.is_main_process)
+    checkpoint = prepare_output(args, config)
     state.wait_for_everyone()                   # all have looked at the folder before the main process writes
     if state.is_main_process and checkpoint is None:
         start_output(args, config)
