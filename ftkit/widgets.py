@@ -101,8 +101,15 @@ class Panel:
         if self._takes_progress:
             kwargs["progress"] = self._report
         try:
+            # Output.__exit__ swallows exceptions inside IPython (it shows them itself), so the
+            # run's error is caught here, inside the block, and re-raised outside it.
             with self.output:
-                result = self.fn(**kwargs)
+                try:
+                    result, run_error = self.fn(**kwargs), None
+                except Exception as err:
+                    run_error = err
+            if run_error is not None:
+                raise run_error
             self.results.append(result)
             if _is_rich(result):        # e.g. an HTML side-by-side: show it in the panel, not only to the caller
                 self.output.append_display_data(result)

@@ -45,6 +45,24 @@ def test_an_error_in_the_run_is_shown_and_re_raised():
     assert panel.progress.description == "error" and not panel.button.disabled
 
 
+def test_an_error_is_still_caught_inside_ipython_where_output_swallows_it(monkeypatch):
+    # In a kernel, ipywidgets' Output shows an exception itself and suppresses it;
+    # the panel must still record it instead of failing on a missing result.
+    from ipywidgets.widgets import widget_output
+
+    shown = []
+    fake_shell = type("Shell", (), {"showtraceback": lambda self, exc, tb_offset=0: shown.append(exc[0])})()
+    monkeypatch.setattr(widget_output, "get_ipython", lambda: fake_shell)
+
+    def fn(rank, lr):
+        raise ValueError("rank too big")
+
+    panel = make_panel(fn)
+    with pytest.raises(ValueError, match="rank too big"):
+        panel.click()
+    assert shown == [] and panel.progress.description == "error"
+
+
 def test_the_plot_is_a_plain_figure_redrawn_after_each_run():
     drawn = []
 
