@@ -27,8 +27,10 @@ def kernel_rss(pid: int) -> int:
         return 0
 
 
-def run_notebook(path: Path, profile: str, memory_limit: str | None = None, timeout: int = 7200) -> dict:
-    """Execute every cell; stop at the first error. Returns wall seconds, peak kernel RSS and the failing cell."""
+def run_notebook(path: Path, profile: str, memory_limit: str | None = None, timeout: int = 7200,
+                 save_to: Path | None = None) -> dict:
+    """Execute every cell; stop at the first error. Returns wall seconds, peak kernel RSS, the failing cell and
+    each code cell's seconds; `save_to` keeps the executed notebook (its outputs are what Expected results quote)."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -50,7 +52,7 @@ def run_notebook(path: Path, profile: str, memory_limit: str | None = None, time
                     peak.update(bytes=rss, cell=current["cell"])
             time.sleep(0.2)
 
-    error, start = None, time.perf_counter()
+    error, start, cell_s = None, time.perf_counter(), {}
     with client.setup_kernel():
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -58,7 +60,9 @@ def run_notebook(path: Path, profile: str, memory_limit: str | None = None, time
             for i, cell in enumerate(nb.cells):
                 if cell.cell_type == "code":
                     current["cell"] = i
+                    t0 = time.perf_counter()
                     client.execute_cell(cell, i)
+                    cell_s[i] = round(time.perf_counter() - t0, 1)
         except Exception as err:  # noqa: BLE001  (a failing cell is a result to report, not a crash)
             error = f"cell {current['cell']}: {type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
         finally:
@@ -67,9 +71,11 @@ def run_notebook(path: Path, profile: str, memory_limit: str | None = None, time
             pid = getattr(getattr(client.km, "provisioner", None), "pid", None)
             if pid and kernel_rss(pid) > peak["bytes"]:          # a last sample: the last cell may be short
                 peak.update(bytes=kernel_rss(pid), cell=current["cell"])
+            if save_to is not None:
+                nbformat.write(nb, save_to)
     return {"notebook": path.name, "profile": profile, "memory limit": memory_limit,
             "wall s": round(time.perf_counter() - start, 1), "peak kernel RSS MB": round(peak["bytes"] / 2**20),
-            "peak at cell": peak["cell"], "error": error}
+            "peak at cell": peak["cell"], "error": error, "cell s": cell_s}
 
 
 def limit_mb(text: str | None) -> float | None:
@@ -99,7 +105,10 @@ def bench_notebooks(names=None, profile: str = "cpu", memory_limit: str | None =
             raise ValueError(f"no notebook {str(p)!r}; give a file name from {COURSE} (e.g. 04_ner_bio_tags.ipynb)")
     rows = []
     for p in paths:
-        rows.append(run_notebook(p.resolve(), profile, memory_limit))
+        keep = None if out is None else Path(out).parent / f"{p.stem}.{profile}.executed.ipynb"
+        if keep is not None:
+            keep.parent.mkdir(parents=True, exist_ok=True)
+        rows.append(run_notebook(p.resolve(), profile, memory_limit, save_to=keep))
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     if out is not None:
         out = Path(out)

@@ -243,6 +243,22 @@ def release_memory_callback():
     return ReleaseFreedMemory()
 
 
+def average_loss_per_batch(model) -> None:
+    """Tell the Trainer that this model's loss is a plain per-batch mean, unless it is a causal LM.
+
+    The Trainer passes `num_items_in_batch` to any model whose forward takes **kwargs and, on N processes,
+    multiplies the loss by N, expecting the model to have divided by the token count of all processes. Causal
+    LMs do; BERT's classification, token-classification and masked-LM heads take the mean of their own batch and
+    ignore it, so under DDP their reported losses (train and eval) came out N times too large and their
+    gradients too. Measured: eval loss 1.39 on 2 processes vs 0.69 on one, for the same weights."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if type(base).__name__ not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() and not hasattr(type(base),
+                                                                                          "accepts_loss_kwargs"):
+        base.accepts_loss_kwargs = False
+
+
 def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_metrics=None,
         data_collator=None, trainer_class=None, args_class=None, trainer_kwargs=None, callbacks=None,
         resume_from_checkpoint: str | None = None, **arg_overrides) -> RunResult:
@@ -258,6 +274,7 @@ def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_met
 
     if data_collator is None and tokenizer is not None and trainer_class is None:
         data_collator = DataCollatorWithPadding(tokenizer)
+    average_loss_per_batch(model)
     trainer = (trainer_class or Trainer)(model=model, args=training_args(cfg, args_class=args_class, **arg_overrides),
                                          train_dataset=train_ds, eval_dataset=eval_ds, data_collator=data_collator,
                                          compute_metrics=compute_metrics, processing_class=tokenizer,

@@ -46,6 +46,8 @@ def _notebook(path, *sources):
 
 
 def test_bench_notebooks_runs_a_notebook_and_writes_its_table(tmp_path):
+    import nbformat
+
     nb = _notebook(tmp_path / "tiny.ipynb", "import os, time\nblock = b'x' * (200 * 2**20)\ntime.sleep(0.5)",
                    "print(os.environ['FTKIT_MEMORY_LIMIT'], os.environ['FTKIT_PROFILE'])")
     out = subprocess.run([sys.executable, "-m", "ftkit", "bench", "notebooks", str(nb), "--profile", "smoke",
@@ -56,6 +58,9 @@ def test_bench_notebooks_runs_a_notebook_and_writes_its_table(tmp_path):
     assert rows[0]["notebook"] == "tiny.ipynb" and rows[0]["error"] is None and rows[0]["memory limit"] == "2G"
     assert rows[0]["peak kernel RSS MB"] >= 200 and rows[0]["peak at cell"] in (0, 1)   # the 200 MB the cell holds
     assert "| tiny.ipynb | smoke |" in (tmp_path / "table.md").read_text() and "| yes |" in out.stdout
+    assert set(rows[0]["cell s"]) == {"0", "1"} and rows[0]["cell s"]["0"] >= 0.5      # the cell that sleeps
+    executed = nbformat.read(tmp_path / "tiny.smoke.executed.ipynb", as_version=4)    # outputs kept to quote
+    assert executed.cells[1].outputs[0]["text"] == "2G smoke\n"
 
 
 def test_bench_reports_a_failing_notebook_and_refuses_bad_input(tmp_path):

@@ -144,6 +144,10 @@ def test_two_processes_with_ddp_match_one_process_with_the_same_global_batch(tmp
     assert two.returncode == 0, two.stderr[-3000:]
     assert "on 2 process(es)" in two.stdout and two.stdout.count("wrote ") == 1        # written once
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["steps"] == 3
+    # the same eval rows, split over two processes and gathered: the same loss (not 2x, as the Trainer's
+    # loss scaling for token-averaging models made it for BERT heads; see train.average_loss_per_batch)
+    losses = [json.loads((tmp_path / n / "metrics.json").read_text())["metrics"]["loss"] for n in ("one", "two")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3), losses
     half = train(*common, "--batch-size", "4", "--output-dir", str(tmp_path / "half"))
     assert half.returncode == 0, half.stderr[-3000:]
     a, b, c = (weights(tmp_path / n) for n in ("one", "two", "half"))

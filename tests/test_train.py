@@ -99,3 +99,19 @@ def test_cpu_training_runs_in_float32_even_with_trls_config(cfg):
     for args_class in (TrainingArguments, SFTConfig):
         args = train.training_args(cfg, args_class=args_class)
         assert args.bf16 is False and args.fp16 is False, args_class.__name__
+
+
+def test_only_causal_lms_get_the_trainers_cross_process_loss_scaling():
+    """BERT heads average their own batch, so the Trainer must not multiply their loss by the process count."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+    bert = BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                    intermediate_size=32, vocab_size=64))
+    llama = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32, vocab_size=64))
+    lora_bert = get_peft_model(BertForSequenceClassification(bert.config), LoraConfig(r=2, target_modules=["query"]))
+    for model in (bert, llama, lora_bert):
+        train.average_loss_per_batch(model)
+    assert bert.accepts_loss_kwargs is False and lora_bert.get_base_model().accepts_loss_kwargs is False
+    assert not hasattr(llama, "accepts_loss_kwargs")     # its loss divides by the tokens of all processes
