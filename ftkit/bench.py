@@ -103,16 +103,15 @@ def bench_notebooks(names=None, profile: str = "cpu", memory_limit: str | None =
     for p in paths:
         if not p.is_file():
             raise ValueError(f"no notebook {str(p)!r}; give a file name from {COURSE} (e.g. 04_ner_bio_tags.ipynb)")
-    rows = []
-    for p in paths:
-        keep = None if out is None else Path(out).parent / f"{p.stem}.{profile}.executed.ipynb"
-        if keep is not None:
-            keep.parent.mkdir(parents=True, exist_ok=True)
-        rows.append(run_notebook(p.resolve(), profile, memory_limit, save_to=keep))
-        print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for p in paths:
+        keep = None if out is None else out.parent / f"{p.stem}.{profile}.executed.ipynb"
+        rows.append(run_notebook(p.resolve(), profile, memory_limit, save_to=keep))
+        print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    if out is not None:
         out.with_suffix(".md").write_text(markdown(rows))
         out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     return rows
