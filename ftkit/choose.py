@@ -226,10 +226,28 @@ def costs(role: str, name: str | None = None, profile: str | None = None, steps:
     return row
 
 
-def _measure_costs(role: str, method: str, name, profile, steps: int, batch: int, length: int) -> dict:
-    """Runs in its own process (see `costs`). RSS is sampled by ftkit.train.PeakMemory."""
+def disk_mb(path) -> float | None:
+    """Size of a model folder's safetensors files in MB (None for a Hub id that is not a local folder)."""
     import os
 
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs
+               if f.endswith(".safetensors")) / 2**20 if os.path.isdir(path) else None
+
+
+def counted_costs(role: str, cfg, model, name: str | None = None) -> dict:
+    """The cost-table row of a model this kernel already holds, on a machine too small for `costs`' extra
+    processes: parameters and disk size are counted; the RAM columns stay empty (not measured), never guessed."""
+    from . import models
+    from .train import count_params
+
+    path = models.resolve(role, cfg, name)
+    return {"role": role, "model": models.describe(path), "parameters": count_params(model)[1],
+            "disk MB": disk_mb(path), "RAM to load MB": None, "fine-tune LoRA MB": None, "fine-tune full MB": None,
+            "setting": "RAM not measured: small machine"}
+
+
+def _measure_costs(role: str, method: str, name, profile, steps: int, batch: int, length: int) -> dict:
+    """Runs in its own process (see `costs`). RSS is sampled by ftkit.train.PeakMemory."""
     from peft import LoraConfig, get_peft_model
 
     from . import models
@@ -239,8 +257,6 @@ def _measure_costs(role: str, method: str, name, profile, steps: int, batch: int
     quiet_logs()
     cfg = get_profile(profile)
     path = models.resolve(role, cfg, name)
-    disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs
-               if f.endswith(".safetensors")) if os.path.isdir(path) else None
 
     def load():
         if role in ("causal", "judge"):
@@ -253,7 +269,7 @@ def _measure_costs(role: str, method: str, name, profile, steps: int, batch: int
             model(input_ids=torch.randint(100, 1000, (1, 16)))
     total = count_params(model)[1]
     row = {"role": role, "model": models.describe(path), "parameters": total,
-           "disk MB": None if disk is None else disk / 2**20, "RAM to load MB": loading.peak_mb}
+           "disk MB": disk_mb(path), "RAM to load MB": loading.peak_mb}
     ids = torch.randint(100, 1000, (batch, length))
     labels = ids if role in ("causal", "judge") else torch.zeros(batch, dtype=torch.long)
 

@@ -290,6 +290,7 @@ def setup(profile: str | None = None, seed: int = 42, verbose: bool = True) -> S
         versions = " ".join(f"{k}={v}" for k, v in library_versions().items())
         memory = "unknown" if cfg.memory_limit_mb is None else f"{cfg.memory_limit_mb / 1024:.1f} GB"
         print(f"ftkit profile={prof.name} device={device} offline={offline} seed={seed} memory={memory}"
-              + (" (small: the notebooks use their memory-saving settings)" if cfg.small_memory else ""))
+              + (" (small: training runs in micro-batches of 8 and the notebooks use their memory-saving settings)"
+                 if cfg.small_memory else ""))
         print(f"versions: {versions}")
     return cfg

@@ -584,6 +584,19 @@ def as_base(model):
         yield model
 
 
+@contextmanager
+def with_adapter(model, adapter_dir):
+    """`model` with a saved LoRA adapter put back in for the block (a few MB read from disk) and taken out after
+    it, so one copy of the base weights serves the base and every adapter."""
+    from peft import PeftModel
+
+    tuned = PeftModel.from_pretrained(model, adapter_dir)
+    try:
+        yield tuned.eval()
+    finally:
+        tuned.unload()
+
+
 def score_answers(name, answers, rows, sentence_model, judge, judge_tokenizer) -> "pd.DataFrame":  # noqa: F821
     """One row per holdout answer: ROUGE-1/2/L, embedding cosine, judge score (None = unparsed), error tags.
     `judge()` is a context that yields the judge model (e.g. `lambda: as_base(lora_model)`)."""

@@ -193,9 +193,10 @@ def measure(model=None, device: str = "cpu"):
 
 
 # --------------------------------------------------------------------------- Trainer
-def training_args(cfg, output_dir: str | None = None, args_class=None, **overrides):
+def training_args(cfg, output_dir: str | None = None, args_class=None, micro_batch: int = 8, **overrides):
     """TrainingArguments (or a subclass such as trl's SFTConfig) from the profile: batch size,
-    epochs/max steps, learning rate, seed."""
+    epochs/max steps, learning rate, seed. On a small-memory machine (`cfg.small_memory`) the batch is split
+    into micro-batches of at most `micro_batch` (see `small_memory_batches`)."""
     from transformers import TrainingArguments
 
     profile = getattr(cfg, "profile", cfg)
@@ -223,7 +224,28 @@ def training_args(cfg, output_dir: str | None = None, args_class=None, **overrid
         dataloader_num_workers=0,
     )
     args.update(overrides)
+    if getattr(cfg, "small_memory", False):
+        args = small_memory_batches(args, micro_batch)
     return (args_class or TrainingArguments)(**args)
+
+
+def small_memory_batches(args: dict, micro_batch: int = 8) -> dict:
+    """The same optimizer steps in smaller pieces: a batch of 32 becomes 4 micro-batches of 8 whose gradients
+    are summed before the update (gradient accumulation), and evaluation runs `micro_batch` at a time.
+
+    Why: activations, and for a language model the vocabulary-sized logits, grow with the batch; the weights,
+    gradients and optimizer state do not. Learning rate, examples per update and number of updates stay the same,
+    so results match the large-memory run up to float rounding; it is slower, because small batches use the
+    cores less well."""
+    if micro_batch <= 0:
+        raise ValueError(f"micro_batch must be a positive number of examples, got {micro_batch!r}")
+    args = dict(args)
+    batch, accumulate = args["per_device_train_batch_size"], args.get("gradient_accumulation_steps", 1)
+    if batch > micro_batch:
+        pieces = next(n for n in range(-(-batch // micro_batch), batch + 1) if batch % n == 0)  # equal pieces
+        args.update(per_device_train_batch_size=batch // pieces, gradient_accumulation_steps=accumulate * pieces)
+    args["per_device_eval_batch_size"] = min(args["per_device_eval_batch_size"], micro_batch)
+    return args
 
 
 def release_memory_callback():
@@ -243,6 +265,20 @@ def release_memory_callback():
     return ReleaseFreedMemory()
 
 
+# A causal LM on a small machine: one example per micro-batch, because its logits over a 49,152-token vocabulary
+# take 200 MB per 1,000 tokens and the loss's backward pass holds several copies; and gradient checkpointing, which
+# keeps one activation per block and recomputes the rest in the backward pass (about a third more compute).
+SMALL_MEMORY_CAUSAL = {"micro_batch": 1, "gradient_checkpointing": True,
+                       "gradient_checkpointing_kwargs": {"use_reentrant": False}}  # frozen inputs (LoRA) need False
+
+
+def is_causal_lm(model) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(base).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+
+
 def average_loss_per_batch(model) -> None:
     """Tell the Trainer that this model's loss is a plain per-batch mean, unless it is a causal LM.
 
@@ -251,11 +287,8 @@ def average_loss_per_batch(model) -> None:
     LMs do; BERT's classification, token-classification and masked-LM heads take the mean of their own batch and
     ignore it, so under DDP their reported losses (train and eval) came out N times too large and their
     gradients too. Measured: eval loss 1.39 on 2 processes vs 0.69 on one, for the same weights."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if type(base).__name__ not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values() and not hasattr(type(base),
-                                                                                          "accepts_loss_kwargs"):
+    if not is_causal_lm(model) and not hasattr(type(base), "accepts_loss_kwargs"):
         base.accepts_loss_kwargs = False
 
 
@@ -275,6 +308,8 @@ def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_met
     if data_collator is None and tokenizer is not None and trainer_class is None:
         data_collator = DataCollatorWithPadding(tokenizer)
     average_loss_per_batch(model)
+    if getattr(cfg, "small_memory", False) and is_causal_lm(model):
+        arg_overrides = {**SMALL_MEMORY_CAUSAL, **arg_overrides}
     trainer = (trainer_class or Trainer)(model=model, args=training_args(cfg, args_class=args_class, **arg_overrides),
                                          train_dataset=train_ds, eval_dataset=eval_ds, data_collator=data_collator,
                                          compute_metrics=compute_metrics, processing_class=tokenizer,

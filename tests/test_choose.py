@@ -158,3 +158,10 @@ def test_costs_are_measured_in_a_fresh_process():
     assert row["parameters"] > 20e6 and 80 < row["disk MB"] < 100 and row["RAM to load MB"] > 0
     assert 0 < row["LoRA trainable"] < row["full trainable"] == row["parameters"]
     assert row["fine-tune full MB"] > 0 and row["fine-tune LoRA MB"] > 0
+
+
+def test_counted_costs_count_what_the_kernel_holds_and_measure_nothing(cfg, causal):
+    row = choose.counted_costs("causal", cfg, causal[0])
+    assert 130e6 < row["parameters"] < 140e6 and 400 < row["disk MB"] < 600      # SmolLM2-135M in safetensors
+    assert row["RAM to load MB"] is None and row["fine-tune full MB"] is None and row["fine-tune LoRA MB"] is None
+    assert "not measured" in row["setting"]

@@ -257,6 +257,25 @@ def test_as_base_switches_lora_off(cfg, causal):
             assert torch.allclose(m(**ids).logits, ref, atol=1e-5)
 
 
+def test_unload_and_with_adapter_serve_base_and_adapter_from_one_copy(cfg, tmp_path):
+    """The notebooks keep one copy of the LM: LoRA trains beside it, `unload()` gives the very same object back
+    unchanged, and `with_adapter` puts a saved adapter back in for a block only."""
+    from peft import LoraConfig, get_peft_model
+
+    base, tok = models.load_causal(cfg)
+    ids = tok("Hello there", return_tensors="pt")
+    with torch.no_grad():
+        ref = base(**ids).logits
+        tuned = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+        adapted = tuned(**ids).logits
+        assert not torch.allclose(adapted, ref)
+        tuned.save_pretrained(tmp_path)
+        assert tuned.unload() is base and torch.equal(base(**ids).logits, ref)
+        with instruct.with_adapter(base, tmp_path) as again:
+            assert torch.allclose(again(**ids).logits, adapted, atol=1e-5)
+        assert torch.equal(base(**ids).logits, ref) and not any("lora" in n for n, _ in base.named_modules())
+
+
 def test_generate_and_general_accuracy_run(causal):
     model, tok = causal
     out = instruct.generate(model, tok, [ROW, {"instruction": "Name a colour."}], max_new_tokens=6)

@@ -115,3 +115,79 @@ def test_only_causal_lms_get_the_trainers_cross_process_loss_scaling():
         train.average_loss_per_batch(model)
     assert bert.accepts_loss_kwargs is False and lora_bert.get_base_model().accepts_loss_kwargs is False
     assert not hasattr(llama, "accepts_loss_kwargs")     # its loss divides by the tokens of all processes
+
+
+def test_small_memory_splits_the_batch_into_equal_micro_batches():
+    args = {"per_device_train_batch_size": 32, "per_device_eval_batch_size": 64}
+    assert train.small_memory_batches(args) == {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 4,
+                                                "per_device_eval_batch_size": 8}
+    twelve = train.small_memory_batches({"per_device_train_batch_size": 12, "per_device_eval_batch_size": 24,
+                                         "gradient_accumulation_steps": 2})
+    assert (twelve["per_device_train_batch_size"], twelve["gradient_accumulation_steps"]) == (6, 4)
+    small = train.small_memory_batches({"per_device_train_batch_size": 4, "per_device_eval_batch_size": 4}, 2)
+    assert (small["per_device_train_batch_size"], small["gradient_accumulation_steps"]) == (2, 2)
+    assert train.small_memory_batches({"per_device_train_batch_size": 8, "per_device_eval_batch_size": 16}) == \
+        {"per_device_train_batch_size": 8, "per_device_eval_batch_size": 8}
+    with pytest.raises(ValueError, match="micro_batch"):
+        train.small_memory_batches(args, 0)
+
+
+def test_small_memory_training_takes_the_same_steps(cfg):
+    """Micro-batches with gradient accumulation: same updates as the whole batch, up to float rounding."""
+    import dataclasses
+
+    import torch
+
+    small = dataclasses.replace(cfg, memory_limit_mb=2048)
+    assert small.small_memory and not cfg.small_memory
+    args = train.training_args(small, max_steps=2)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8, cfg.batch_size // 8)
+    tok = models.load_tokenizer("encoder", cfg)
+    ds = data.for_profile(data.load("rotten_tomatoes"), cfg)["train"].select(range(2 * cfg.batch_size))
+    ds = ds.map(lambda b: tok(b["text"], truncation=True, max_length=cfg.max_length), batched=True)
+    weights, losses = [], []
+    for setting in (cfg, small):
+        torch.manual_seed(0)
+        model = models.load_classifier(["negative", "positive"], cfg)
+        for m in model.modules():               # dropout draws would differ between one batch and two halves
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        start = model.classifier.weight.detach().clone()
+        result = train.fit(model, ds, None, setting, name="steps", tokenizer=tok, max_steps=2,
+                           per_device_train_batch_size=cfg.batch_size)
+        assert result.steps == 2 and not torch.equal(start, model.classifier.weight)
+        weights.append(model.classifier.weight.detach().clone())
+        losses.append([loss for _, loss in result.loss_history])
+    torch.testing.assert_close(weights[0], weights[1], atol=1e-5, rtol=1e-4)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)     # the reported loss is a mean, not a sum of pieces
+
+
+def test_small_memory_trains_a_causal_lm_one_example_at_a_time_with_checkpointing(cfg, monkeypatch):
+    """LoRA on a (tiny) Llama under small memory: micro-batches of 1, gradient checkpointing, and the adapters
+    still get gradients (re-entrant checkpointing would silently train nothing when the inputs are frozen)."""
+    import dataclasses
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tiny = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, vocab_size=100))
+    model = get_peft_model(tiny, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    rows = [{"input_ids": ids, "attention_mask": [1] * 12, "labels": ids}
+            for ids in torch.randint(0, 100, (8, 12)).tolist()]
+    seen = []
+    real = train.training_args
+    monkeypatch.setattr(train, "training_args", lambda *a, **kw: seen.append(real(*a, **kw)) or seen[-1])
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    small = dataclasses.replace(cfg, memory_limit_mb=2048)
+    result = train.fit(model, Dataset.from_list(rows), None, small, name="tiny LoRA", max_steps=2,
+                       per_device_train_batch_size=4)
+    args = seen[-1]
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (1, 4)
+    assert args.gradient_checkpointing and result.steps == 2
+    moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert any("lora_A" in n for n in moved) and any("lora_B" in n for n in moved)
+    assert not train.is_causal_lm(models.load_classifier(["a", "b"], cfg)) and train.is_causal_lm(model)

@@ -69,7 +69,10 @@ def lab(tmp_path_factory):
         json.dumps({"fetchNews": "false", "checkForUpdates": False}))    # no news toast over the screenshots
     port, token = _free_port(), secrets.token_hex(16)
     log = open(work / "jupyterlab.log", "w")
-    env = {**os.environ, "FTKIT_PROFILE": "smoke", "HF_HUB_OFFLINE": "1", "JUPYTERLAB_SETTINGS_DIR": str(settings)}
+    # A workspace of its own: Lab re-opens the tabs of its last workspace, and a notebook left open by an earlier
+    # (interrupted) run would start a second kernel and take the focus.
+    env = {**os.environ, "FTKIT_PROFILE": "smoke", "HF_HUB_OFFLINE": "1", "JUPYTERLAB_SETTINGS_DIR": str(settings),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path_factory.mktemp("lab-workspaces"))}
     proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
                              f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
                              "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
@@ -138,12 +141,11 @@ def _nudge_first_slider(panel) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_and_a_panel_works_in_the_browser(lab, browser, name):
+def test_notebook_runs_and_a_panel_works_in_the_browser(lab, page, name):
     url, token = lab
     SHOTS.mkdir(parents=True, exist_ok=True)
     stem = Path(name).stem
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/lab/tree/{name}?token={token}")
+    page.goto(f"{url}/lab/tree/{name}?reset&token={token}")     # reset: only this notebook open, no restored tabs
     page.wait_for_function(NOTEBOOK_READY, timeout=120_000)
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     page.wait_for_timeout(2000)                     # let the first cell start before polling for the end
@@ -173,4 +175,22 @@ def test_notebook_runs_and_a_panel_works_in_the_browser(lab, browser, name):
     panel.screenshot(path=str(SHOTS / f"{stem}-panel.png"))
     text = panel.inner_text()
     assert "error" not in text.split("\n")[-20:] and "Error:" not in text, f"{name}: the panel run failed:\n{text[-800:]}"
+
+
+@pytest.fixture()
+def page(browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    yield page
     page.close()
+
+
+@pytest.fixture(autouse=True)
+def _one_kernel_at_a_time(lab):
+    """Shut every kernel down after each notebook, as a student closing it would: a finished notebook's kernel
+    (up to 3.5 GB for session 05) must not sit beside the next one's."""
+    yield
+    url, token = lab
+    sessions = json.load(urllib.request.urlopen(f"{url}/api/sessions?token={token}", timeout=10))
+    for session in sessions:
+        request = urllib.request.Request(f"{url}/api/sessions/{session['id']}?token={token}", method="DELETE")
+        urllib.request.urlopen(request, timeout=60)
