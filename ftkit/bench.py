@@ -29,8 +29,8 @@ def kernel_rss(pid: int) -> int:
 
 def run_notebook(path: Path, profile: str, memory_limit: str | None = None, timeout: int = 7200,
                  save_to: Path | None = None) -> dict:
-    """Execute every cell; stop at the first error. Returns wall seconds, peak kernel RSS, the failing cell and
-    each code cell's seconds; `save_to` keeps the executed notebook (its outputs are what Expected results quote)."""
+    """Execute every cell; stop at the first error. Returns wall seconds, peak kernel RSS, the failing cell, and
+    each code cell's seconds and the kernel RSS it left behind; `save_to` keeps the executed notebook (its outputs are what Expected results quote)."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -52,7 +52,7 @@ def run_notebook(path: Path, profile: str, memory_limit: str | None = None, time
                     peak.update(bytes=rss, cell=current["cell"])
             time.sleep(0.2)
 
-    error, start, cell_s = None, time.perf_counter(), {}
+    error, start, cell_s, cell_mb = None, time.perf_counter(), {}, {}
     with client.setup_kernel():
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -63,6 +63,8 @@ def run_notebook(path: Path, profile: str, memory_limit: str | None = None, time
                     t0 = time.perf_counter()
                     client.execute_cell(cell, i)
                     cell_s[i] = round(time.perf_counter() - t0, 1)
+                    pid = getattr(getattr(client.km, "provisioner", None), "pid", None)
+                    cell_mb[i] = round(kernel_rss(pid) / 2**20) if pid else None   # what the cell left behind
         except Exception as err:  # noqa: BLE001  (a failing cell is a result to report, not a crash)
             error = f"cell {current['cell']}: {type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
         finally:
@@ -75,7 +77,7 @@ def run_notebook(path: Path, profile: str, memory_limit: str | None = None, time
                 nbformat.write(nb, save_to)
     return {"notebook": path.name, "profile": profile, "memory limit": memory_limit,
             "wall s": round(time.perf_counter() - start, 1), "peak kernel RSS MB": round(peak["bytes"] / 2**20),
-            "peak at cell": peak["cell"], "error": error, "cell s": cell_s}
+            "peak at cell": peak["cell"], "error": error, "cell s": cell_s, "RSS MB after cell": cell_mb}
 
 
 def limit_mb(text: str | None) -> float | None:

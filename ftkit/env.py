@@ -230,6 +230,12 @@ _CGROUP_FILES = ("/sys/fs/cgroup/memory.max",                      # cgroup v2
                  "/sys/fs/cgroup/memory/memory.limit_in_bytes")     # cgroup v1
 
 
+def is_small() -> bool:
+    """Is this machine under SMALL_MEMORY_MB, as `cfg.small_memory` says? For helpers that get no `cfg`."""
+    limit_mb = memory_limit_mb()
+    return limit_mb is not None and limit_mb < SMALL_MEMORY_MB
+
+
 def cgroup_limit_mb(paths=_CGROUP_FILES) -> float | None:
     """The container's memory limit in MB, or None when there is none ("max", or v1's huge sentinel)."""
     for path in paths:

@@ -3,18 +3,19 @@ from __future__ import annotations
 
 
 class ResultsTable:
-    """Append RunResults (or plain dicts); show them as a DataFrame; chart any two columns."""
+    """Append RunResults (or plain dicts); show them as a DataFrame; chart any two columns.
+
+    It keeps each run's numbers, not the run: a RunResult holds its trained model, and a table that kept every
+    run would keep every model's weights alive for the rest of the notebook."""
 
     def __init__(self):
         self.rows: list[dict] = []
-        self.results: list = []
 
     def add(self, result) -> dict:
         row = result.row() if hasattr(result, "row") else dict(result)
         if "setup" not in row:
             raise ValueError("a results row needs a 'setup' name")
         self.rows.append(row)
-        self.results.append(result)
         return row
 
     def __len__(self):

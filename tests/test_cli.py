@@ -59,6 +59,7 @@ def test_bench_notebooks_runs_a_notebook_and_writes_its_table(tmp_path):
     assert rows[0]["peak kernel RSS MB"] >= 200 and rows[0]["peak at cell"] in (0, 1)   # the 200 MB the cell holds
     assert "| tiny.ipynb | smoke |" in (tmp_path / "table.md").read_text() and "| yes |" in out.stdout
     assert set(rows[0]["cell s"]) == {"0", "1"} and rows[0]["cell s"]["0"] >= 0.5      # the cell that sleeps
+    assert rows[0]["RSS MB after cell"]["1"] >= 200            # the block is still held after the next cell
     executed = nbformat.read(tmp_path / "tiny.smoke.executed.ipynb", as_version=4)    # outputs kept to quote
     assert executed.cells[1].outputs[0]["text"] == "2G smoke\n"
 

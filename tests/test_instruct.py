@@ -276,6 +276,17 @@ def test_unload_and_with_adapter_serve_base_and_adapter_from_one_copy(cfg, tmp_p
         assert torch.equal(base(**ids).logits, ref) and not any("lora" in n for n, _ in base.named_modules())
 
 
+def test_held_out_loss_is_the_same_one_example_at_a_time_on_a_small_machine(causal, monkeypatch):
+    from ftkit import env
+
+    model, tok = causal
+    rows = instruct.tokenize_instructions(data.load("dolly")["test"].select(range(5)), tok, 64)
+    batched = instruct.held_out_loss(model, rows, tok, batch_size=8)
+    monkeypatch.setenv("FTKIT_MEMORY_LIMIT", "2G")
+    assert env.is_small()
+    assert instruct.held_out_loss(model, rows, tok) == pytest.approx(batched, rel=1e-5)   # token-weighted mean
+
+
 def test_generate_and_general_accuracy_run(causal):
     model, tok = causal
     out = instruct.generate(model, tok, [ROW, {"instruction": "Name a colour."}], max_new_tokens=6)

@@ -5,7 +5,8 @@ rendered in the page, and on one panel a control is changed and the button press
 panel's output must change. Screenshots go to tests/browser/screenshots/ (or $FTKIT_SCREENSHOTS).
 
 Opt-in, because it runs every notebook a second time: FTKIT_BROWSER=1, Chromium (apt-get install chromium) and
-Playwright (pip install -e ".[browser]"). Not yet part of `.ci/run`: so far it has passed on session 00 only.
+Playwright (pip install -e ".[browser]"). `.ci/run` installs both and runs it after `make test`. Run it alone:
+it starts its own JupyterLab and kernels.
 """
 from __future__ import annotations
 
