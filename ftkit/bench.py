@@ -30,7 +30,8 @@ def kernel_rss(pid: int) -> int:
 def run_notebook(path: Path, profile: str, memory_limit: str | None = None, timeout: int = 7200,
                  save_to: Path | None = None) -> dict:
     """Execute every cell; stop at the first error. Returns wall seconds, peak kernel RSS, the failing cell, and
-    each code cell's seconds and the kernel RSS it left behind; `save_to` keeps the executed notebook (its outputs are what Expected results quote)."""
+    each code cell's seconds and the kernel RSS it left behind; `save_to` keeps the executed notebook (its outputs
+    are what Expected results quote)."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -43,9 +44,12 @@ def run_notebook(path: Path, profile: str, memory_limit: str | None = None, time
     peak, stop = {"bytes": 0, "cell": None}, threading.Event()
     current = {"cell": None}
 
+    def kernel_pid():
+        return getattr(getattr(client.km, "provisioner", None), "pid", None) if client.km else None
+
     def sample():
         while not stop.is_set():
-            pid = getattr(getattr(client.km, "provisioner", None), "pid", None) if client.km else None
+            pid = kernel_pid()
             if pid:
                 rss = kernel_rss(pid)
                 if rss > peak["bytes"]:
@@ -63,14 +67,14 @@ def run_notebook(path: Path, profile: str, memory_limit: str | None = None, time
                     t0 = time.perf_counter()
                     client.execute_cell(cell, i)
                     cell_s[i] = round(time.perf_counter() - t0, 1)
-                    pid = getattr(getattr(client.km, "provisioner", None), "pid", None)
+                    pid = kernel_pid()
                     cell_mb[i] = round(kernel_rss(pid) / 2**20) if pid else None   # what the cell left behind
         except Exception as err:  # noqa: BLE001  (a failing cell is a result to report, not a crash)
             error = f"cell {current['cell']}: {type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
         finally:
             stop.set()
             sampler.join()
-            pid = getattr(getattr(client.km, "provisioner", None), "pid", None)
+            pid = kernel_pid()
             if pid and kernel_rss(pid) > peak["bytes"]:          # a last sample: the last cell may be short
                 peak.update(bytes=kernel_rss(pid), cell=current["cell"])
             if save_to is not None:
