@@ -302,7 +302,7 @@ def training_panel(cfg, encoded, tokenizer, label_names, table, depth: int, lear
         result, _ = train_tagger(cfg, encoded, tokenizer, label_names, n_frozen, epochs, learning_rate=learning_rate,
                                  name=f"{n_frozen} of {depth} blocks frozen, {epochs} ep, lr {learning_rate:g}")
         table.add(result)
-        return result
+        return result.numbers_only()
 
     def plot(_panel):
         return table.bar("overall_f1", title="entity-level F1 per run")

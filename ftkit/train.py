@@ -174,6 +174,12 @@ class RunResult:
     def trainable_pct(self) -> float:
         return 100.0 * self.trainable_params / max(self.total_params, 1)
 
+    def numbers_only(self) -> "RunResult":
+        """This result without its model, for a panel to keep: otherwise every click keeps one more trained model
+        alive (90 MB for MiniLM), and a learner who clicks ten times on Binder's 2 GB loses the kernel."""
+        self.model = None
+        return self
+
     def row(self) -> dict:
         return {"setup": self.name, **{k: v for k, v in self.metrics.items() if isinstance(v, (int, float))},
                 "trainable params": self.trainable_params, "% trainable": round(self.trainable_pct, 3),
@@ -193,7 +199,20 @@ def measure(model=None, device: str = "cpu"):
 
 
 # --------------------------------------------------------------------------- Trainer
-def training_args(cfg, output_dir: str | None = None, args_class=None, micro_batch: int = 8, **overrides):
+SMALL_MEMORY_MICRO_BATCH = 8  # examples per forward/backward pass on a small machine (see small_memory_batches)
+
+
+def batch_per_pass(cfg, micro_batch: int = SMALL_MEMORY_MICRO_BATCH) -> int:
+    """Examples one forward/backward pass takes at once: the profile's batch, or at most `micro_batch` on a small
+    machine, as `training_args` splits it there. For code that runs its own training steps (session 03's timing)
+    and should fit where the Trainer fits."""
+    profile = getattr(cfg, "profile", cfg)
+    small = getattr(cfg, "small_memory", False)
+    return min(profile.batch_size, micro_batch) if small else profile.batch_size
+
+
+def training_args(cfg, output_dir: str | None = None, args_class=None, micro_batch: int = SMALL_MEMORY_MICRO_BATCH,
+                  **overrides):
     """TrainingArguments (or a subclass such as trl's SFTConfig) from the profile: batch size,
     epochs/max steps, learning rate, seed. On a small-memory machine (`cfg.small_memory`) the batch is split
     into micro-batches of at most `micro_batch` (see `small_memory_batches`)."""
@@ -229,7 +248,7 @@ def training_args(cfg, output_dir: str | None = None, args_class=None, micro_bat
     return (args_class or TrainingArguments)(**args)
 
 
-def small_memory_batches(args: dict, micro_batch: int = 8) -> dict:
+def small_memory_batches(args: dict, micro_batch: int = SMALL_MEMORY_MICRO_BATCH) -> dict:
     """The same optimizer steps in smaller pieces: a batch of 32 becomes 4 micro-batches of 8 whose gradients
     are summed before the update (gradient accumulation), and evaluation runs `micro_batch` at a time.
 

@@ -180,7 +180,7 @@ def ablation_panel(cfg, encoded, tokenizer, label_names, table, depth: int):
         result = fine_tune(cfg, encoded, tokenizer, label_names, n_frozen, epochs, learning_rate,
                            name=f"{setup_name(n_frozen, depth)} (ablation, {epochs} ep, lr {learning_rate:.0e})")
         table.add(result)
-        return result
+        return result.numbers_only()
 
     def plot(_panel):
         return table.scatter("trainable params", "accuracy", log_x=True, title="accuracy vs trainable parameters")

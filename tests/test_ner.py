@@ -102,16 +102,18 @@ def test_highlight_html_marks_entities_and_escapes():
 def test_the_training_panel_trains_at_the_main_runs_learning_rate(cfg, monkeypatch):
     """Like with like: a panel row differs from the main run only in the knobs moved, never in the lr."""
     from ftkit.results import ResultsTable
+    from ftkit.train import RunResult
 
     seen = []
 
     def fake_train_tagger(cfg, encoded, tokenizer, label_names, n_frozen, epochs, learning_rate=None, name=None):
         seen.append((n_frozen, epochs, learning_rate))
-        return {"setup": name, "overall_f1": 0.5}, None
+        return RunResult(name, {"overall_f1": 0.5}, 1, 1, 0.0, 0.0, model=object()), None
 
     monkeypatch.setattr(ner, "train_tagger", fake_train_tagger)
     table = ResultsTable()
     panel = ner.training_panel(cfg, None, None, ["O"], table, depth=6, learning_rate=1e-4, epochs=4)
     assert panel.controls["epochs"].value == 4.0
-    panel.click(n_frozen=2, epochs=4.0)
+    kept = panel.click(n_frozen=2, epochs=4.0)
     assert seen == [(2, 4.0, 1e-4)] and "lr 0.0001" in table.to_pandas()["setup"][0]
+    assert kept.model is None and kept.metrics["overall_f1"] == 0.5      # a click keeps numbers, not a model

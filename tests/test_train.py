@@ -132,6 +132,16 @@ def test_small_memory_splits_the_batch_into_equal_micro_batches():
         train.small_memory_batches(args, 0)
 
 
+def test_batch_per_pass_is_the_micro_batch_only_on_a_small_machine(cfg):
+    import dataclasses
+
+    assert train.batch_per_pass(cfg) == cfg.batch_size
+    small = dataclasses.replace(cfg, memory_limit_mb=2048)
+    assert small.small_memory and train.batch_per_pass(small) == min(cfg.batch_size, train.SMALL_MEMORY_MICRO_BATCH)
+    tiny = dataclasses.replace(small, profile=cfg.profile.with_(batch_size=4))
+    assert train.batch_per_pass(tiny) == 4 and train.batch_per_pass(small, micro_batch=2) == 2
+
+
 def test_small_memory_training_takes_the_same_steps(cfg):
     """Micro-batches with gradient accumulation: same updates as the whole batch, up to float rounding."""
     import dataclasses

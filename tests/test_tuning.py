@@ -119,4 +119,4 @@ def test_ablation_panel_rejects_out_of_range_and_runs(cfg):
         panel.click(n_frozen=7)
     result = panel.click(n_frozen=6, epochs=1.0)
     assert result.name.startswith("head only") and len(table) == 1
-    assert result.extra["frozen blocks"] == 6
+    assert result.extra["frozen blocks"] == 6 and result.model is None     # numbers kept, the model freed

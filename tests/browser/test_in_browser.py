@@ -1,6 +1,7 @@
 """The course as a student meets it: JupyterLab in a real (headless) Chromium, every notebook run with Run All.
 
-For each notebook, in the smoke profile: no cell may end in an error, ipywidgets and plotly figures must be
+For each notebook, in the smoke profile and on the small-machine path Binder's 2 GB takes (FTKIT_MEMORY_LIMIT=2G;
+nbval covers the default path): no cell may end in an error, ipywidgets and plotly figures must be
 rendered in the page, and on one panel a control is changed and the button pressed in the page, after which the
 panel's output must change. Screenshots go to tests/browser/screenshots/ (or $FTKIT_SCREENSHOTS).
 
@@ -72,7 +73,10 @@ def lab(tmp_path_factory):
     log = open(work / "jupyterlab.log", "w")
     # A workspace of its own: Lab re-opens the tabs of its last workspace, and a notebook left open by an earlier
     # (interrupted) run would start a second kernel and take the focus.
-    env = {**os.environ, "FTKIT_PROFILE": "smoke", "HF_HUB_OFFLINE": "1", "JUPYTERLAB_SETTINGS_DIR": str(settings),
+    # FTKIT_MEMORY_LIMIT=2G: the kernels take Binder's small-machine path (cfg.small_memory), which is where students
+    # meet the course in a browser; nbval in `make test` runs the same notebooks on the default path.
+    env = {**os.environ, "FTKIT_PROFILE": "smoke", "FTKIT_MEMORY_LIMIT": os.environ.get("FTKIT_MEMORY_LIMIT", "2G"),
+           "HF_HUB_OFFLINE": "1", "JUPYTERLAB_SETTINGS_DIR": str(settings),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path_factory.mktemp("lab-workspaces"))}
     proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
                              f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
