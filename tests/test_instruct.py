@@ -314,3 +314,20 @@ def test_forgetting_check_records_each_epoch_and_stops_at_a_matched_gain(cfg, ca
     assert full_hist[0] == pytest.approx(stopped_hist[0])          # epoch 0 is the same base model
     assert all(0 <= h["validation accuracy"] <= 1 and math.isfinite(h["dolly loss"]) for h in full_hist)
     assert len(full_run.loss_history) > len(stopped_run.loss_history)  # it really stopped after epoch 1
+
+
+def test_a_small_machine_answers_at_most_four_prompts_at_once(causal, monkeypatch):
+    model, tok = causal
+    sizes = []
+    real = model.generate
+
+    def counting(**kwargs):
+        sizes.append(kwargs["input_ids"].shape[0])
+        return real(**kwargs)
+
+    monkeypatch.setattr(model, "generate", counting)
+    prompts = [f"Count to {n}:" for n in range(6)]
+    big = instruct.complete(model, tok, prompts, max_new_tokens=2)
+    monkeypatch.setenv("FTKIT_MEMORY_LIMIT", "2G")
+    small = instruct.complete(model, tok, prompts, max_new_tokens=2)
+    assert sizes == [6, 4, 2] and len(small) == len(big) == 6

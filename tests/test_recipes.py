@@ -21,11 +21,17 @@ def train(*args, timeout=600, env=None):
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-def refused(capsys, *args) -> str:
-    """Run `ftkit train` in this process (no interpreter start-up: refusals need no training) and return its
-    stderr; it must have ended with status 2 and one clear line, no traceback."""
+def train_here(capsys, *args) -> tuple[int, str]:
+    """`ftkit train` in this process: the command line's own code (`recipes.main`) without starting an interpreter
+    and importing torch again, about 7 s a run. The command itself runs as a subprocess below (a killed run, DDP).
+    Returns the exit status and stderr."""
     code = recipes.main([str(a) for a in args])
-    err = capsys.readouterr().err
+    return code, capsys.readouterr().err
+
+
+def refused(capsys, *args) -> str:
+    """stderr of a run that must end with status 2 and one clear line, no traceback."""
+    code, err = train_here(capsys, *args)
     assert code == 2 and "Traceback" not in err, err[-2000:]
     return err
 
@@ -40,10 +46,10 @@ def weights(folder: Path) -> dict:
     ("mlm", ["--data", "medquad_corpus", "--scheme", "token"]),
     ("sft", ["--data", "dolly", "--lora-rank", "4", "--max-length", "64", "--batch-size", "4"]),  # 135M LM: small
 ])
-def test_each_task_trains_and_writes_its_outputs_once(tmp_path, task, extra):
+def test_each_task_trains_and_writes_its_outputs_once(tmp_path, capsys, task, extra):
     out = tmp_path / task
-    done = train(task, *extra, *SMOKE, "--max-steps", "2", "--output-dir", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, err = train_here(capsys, task, *extra, *SMOKE, "--max-steps", "2", "--output-dir", out)
+    assert code == 0, err[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["seconds"] > 0 and metrics["profile"] == "smoke"
     assert json.loads((out / "run.json").read_text())["task"] == task
@@ -54,14 +60,14 @@ def test_each_task_trains_and_writes_its_outputs_once(tmp_path, task, extra):
         assert metrics["metrics"]["held-out loss"] > 0
 
 
-def test_user_files_with_their_own_column_names_and_string_labels(tmp_path):
+def test_user_files_with_their_own_column_names_and_string_labels(tmp_path, capsys):
     rows = [{"review": t, "stars": s} for t, s in [("great fun", "good"), ("dull and long", "bad")] * 10]
     f = tmp_path / "mine.jsonl"
     f.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "run"
-    done = train("classify", "--train-file", str(f), "--text-column", "review", "--label-column", "stars", *SMOKE,
-                 "--max-steps", "1", "--output-dir", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, err = train_here(capsys, "classify", "--train-file", f, "--text-column", "review", "--label-column", "stars",
+                           *SMOKE, "--max-steps", "1", "--output-dir", out)
+    assert code == 0, err[-3000:]
     assert json.loads((out / "model" / "config.json").read_text())["id2label"] == {"0": "bad", "1": "good"}
 
 
@@ -90,7 +96,7 @@ def test_unknown_task_and_missing_columns(tmp_path, capsys):
 def test_an_output_dir_with_another_run_is_refused_without_overwrite(tmp_path, capsys):
     out = tmp_path / "out"
     args = ["classify", "--data", "rotten_tomatoes", *SMOKE, "--max-steps", "1", "--output-dir", str(out)]
-    assert train(*args).returncode == 0
+    assert train_here(capsys, *args)[0] == 0
     again = refused(capsys, *args[:-2], "--learning-rate", "1e-3", "--output-dir", out)
     assert "already holds a different ftkit run; pass --overwrite" in again
     mine = tmp_path / "notes"
@@ -98,7 +104,7 @@ def test_an_output_dir_with_another_run_is_refused_without_overwrite(tmp_path, c
     (mine / "thesis.txt").write_text("do not delete")
     assert "files that are not an ftkit run" in refused(capsys, *args[:-2], "--output-dir", mine)
     assert (mine / "thesis.txt").read_text() == "do not delete"
-    assert train(*args[:-2], "--learning-rate", "1e-3", "--output-dir", str(out), "--overwrite").returncode == 0
+    assert train_here(capsys, *args[:-2], "--learning-rate", "1e-3", "--output-dir", out, "--overwrite")[0] == 0
 
 
 def test_last_complete_checkpoint_skips_a_save_that_was_killed(tmp_path):
@@ -123,8 +129,8 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_at_the_same_step(tmp_
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "metrics.json").exists()                       # it really was interrupted
-    resumed = train(*args, "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    code, err = train_here(capsys, *args, "--resume")
+    assert code == 0, err[-3000:]
     state = json.loads((recipes.last_complete_checkpoint(out / "checkpoints") / "trainer_state.json").read_text())
     assert json.loads((out / "metrics.json").read_text())["steps"] == 6 == state["global_step"]
     changed = refused(capsys, *args[:-4], "--max-steps", "8", "--save-steps", "2", "--output-dir", out, "--resume")

@@ -115,6 +115,9 @@ def browser():
 NOTEBOOK_READY = """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
   const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
   return !!k && k.status === 'idle' && w.content.widgets.length > 0; }"""
+RUN_STARTED = """() => { const w = window.jupyterapp.shell.currentWidget;
+  return w.sessionContext.session.kernel.status === 'busy' || w.content.widgets.some(c => c.model.type === 'code'
+    && (c.model.executionCount !== null || /\\*/.test(c.node.querySelector('.jp-InputPrompt').textContent))); }"""
 RUN_FINISHED = """() => { const w = window.jupyterapp.shell.currentWidget;
   const code = w.content.widgets.filter(c => c.model.type === 'code');
   const failed = code.some(c => c.model.outputs.toJSON().some(o => o.output_type === 'error'));
@@ -153,7 +156,7 @@ def test_notebook_runs_and_a_panel_works_in_the_browser(lab, page, name):
     page.goto(f"{url}/lab/tree/{name}?reset&token={token}")     # reset: only this notebook open, no restored tabs
     page.wait_for_function(NOTEBOOK_READY, timeout=120_000)
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    page.wait_for_timeout(2000)                     # let the first cell start before polling for the end
+    page.wait_for_function(RUN_STARTED, timeout=60_000, polling=100)     # before polling for the end
     page.wait_for_function(RUN_FINISHED, timeout=RUN_ALL_TIMEOUT_MS, polling=1000)
     page.screenshot(path=str(SHOTS / f"{stem}-run-all.png"))
 
