@@ -71,3 +71,20 @@ def test_setfit_trains_and_scores_with_the_offline_metric(cfg):
     test = rt["test"].select(range(32))
     preds = model.predict(test["text"], show_progress_bar=False)
     assert result.metrics["accuracy"] == pytest.approx(float((np.asarray(preds) == np.array(test["label"])).mean()))
+
+
+def test_a_small_machine_trains_setfit_with_checkpointing_and_the_same_result(cfg):
+    import dataclasses
+
+    rt = data.load("rotten_tomatoes")
+    train_k, test = fewshot.sample_k(rt["train"], 4), rt["test"].select(range(32))
+    small = dataclasses.replace(cfg, memory_limit_mb=2048)
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in fewshot.setfit_model(cfg).model_body.modules())
+    checkpointed = fewshot.setfit_model(small)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in checkpointed.model_body.modules())
+    _, plain = fewshot.train_setfit(cfg, train_k, test, iterations=2)
+    _, recomputed = fewshot.train_setfit(small, train_k, test, iterations=2)
+    texts = test["text"][:8]
+    a, b = (m.model_body.encode(texts, show_progress_bar=False) for m in (plain, recomputed))
+    assert np.abs(a - plain.model_body.encode(texts, show_progress_bar=False)).max() == 0      # encode is stable
+    assert np.abs(a - b).max() < 1e-4             # recomputing activations: the same updates up to float rounding
