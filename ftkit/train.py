@@ -204,11 +204,13 @@ SMALL_MEMORY_MICRO_BATCH = 8  # examples per forward/backward pass on a small ma
 
 def batch_per_pass(cfg, micro_batch: int = SMALL_MEMORY_MICRO_BATCH) -> int:
     """Examples one forward/backward pass takes at once: the profile's batch, or at most `micro_batch` on a small
-    machine, as `training_args` splits it there. For code that runs its own training steps (session 03's timing)
-    and should fit where the Trainer fits."""
-    profile = getattr(cfg, "profile", cfg)
-    small = getattr(cfg, "small_memory", False)
-    return min(profile.batch_size, micro_batch) if small else profile.batch_size
+    machine, exactly as `small_memory_batches` splits it there. For code that runs its own training steps (session
+    03's timing) and should fit where the Trainer fits."""
+    batch = getattr(cfg, "profile", cfg).batch_size
+    if not getattr(cfg, "small_memory", False):
+        return batch
+    return small_memory_batches({"per_device_train_batch_size": batch, "per_device_eval_batch_size": batch},
+                                micro_batch)["per_device_train_batch_size"]
 
 
 def training_args(cfg, output_dir: str | None = None, args_class=None, micro_batch: int = SMALL_MEMORY_MICRO_BATCH,
