@@ -111,10 +111,52 @@ def check_class_ids(labels, column: str = "label", what: str = "training data") 
     for row, v in enumerate(labels):
         if isinstance(v, str):
             raise ValueError(f"{what}: {column!r} holds strings (row {row}: {v!r}), but a classifier needs class "
-                             f"ids 0..n-1; convert them with ds.class_encode_column({column!r})")
+                             f"ids 0..n-1; convert them with ds.class_encode_column({column!r}) on one split, or "
+                             f"ftkit.data.encode_label_column(ds, {column!r}) on a DatasetDict (one mapping for every "
+                             "split: DatasetDict.class_encode_column maps each split on its own)")
     for row, v in enumerate(labels):
         if isinstance(v, bool) or not float(v).is_integer() or v < 0:
             raise ValueError(f"{what}: {column!r} in row {row} is {v!r}; class ids are whole numbers 0..n-1")
+
+
+def encode_label_column(ds, column: str = "label", names=None, train: str = "train"):
+    """`ds` (a DatasetDict) with `column` as class ids 0..n-1 under ONE mapping for every split.
+
+    String labels become their index in `names`, or, without `names`, in the training split's labels sorted (the
+    ids `class_encode_column` gives that split); the column becomes a ClassLabel. Why not
+    `ds.class_encode_column(column)`: on a DatasetDict it encodes each split on its own, so a split that lacks a
+    class (or has one more) silently got other ids for the same label. Class ids are kept as they are.
+    Every split is checked: a label outside the mapping (`names`, or what the training split holds; for ids,
+    0..n-1 with n = len(names) or the training split's largest id + 1), or a mix of strings and ids, is a ValueError
+    naming the label, its split and row."""
+    from datasets import ClassLabel
+
+    if train not in ds:
+        raise ValueError(f"no {train!r} split to take the label mapping from; splits: {list(ds)}")
+    for split, part in ds.items():
+        require_columns(part, [column], f"split {split!r}")
+    kinds = {split: {type(v).__name__ for v in part[column]} for split, part in ds.items()}
+    strings = {split for split, k in kinds.items() if "str" in k}
+    if strings and any(k != {"str"} for k in kinds.values() if k):
+        raise ValueError(f"{column!r} mixes label strings and class ids across splits ({kinds}); use the same kind in "
+                         "every split (strings are encoded consistently by ftkit.data.encode_label_column)")
+    if not strings:
+        ids = [v for v in ds[train][column] if isinstance(v, int)]
+        n = len(names) if names is not None else max(ids, default=-1) + 1
+        for split, part in ds.items():
+            check_labels(part[column], range(n), f"split {split!r}: {column}")
+        return ds
+    names = list(names) if names is not None else sorted(set(ds[train][column]))
+    for split, part in ds.items():
+        check_labels(part[column], names, f"split {split!r}: {column}")
+    index = {name: i for i, name in enumerate(names)}
+
+    def encode(part):
+        features = part.features.copy()
+        features[column] = ClassLabel(names=names)
+        return part.map(lambda b: {column: [index[v] for v in b[column]]}, batched=True, features=features)
+
+    return type(ds)({split: encode(part) for split, part in ds.items()})
 
 
 def check_classification(ds, text_column: str = "text", label_column: str = "label",

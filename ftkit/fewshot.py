@@ -4,6 +4,10 @@
 2. Contrastive fine-tuning of the sentence model on those pairs (the `setfit` library's Trainer).
 3. A classification head (logistic regression) on the new embeddings.
 Baselines on the same K examples: logistic regression on frozen embeddings, and full fine-tuning.
+
+Labels may be class ids or strings ("positive"/"negative") in every function here, the same in the training and
+the test rows: strings get one mapping for both (`data.encode_label_column`), and a test label that the training
+rows lack is a ValueError, since no method could predict it.
 """
 from __future__ import annotations
 
@@ -73,13 +77,29 @@ def setfit_model(cfg):
     return model
 
 
+def checked_splits(train_k, test, label_names=None):
+    """The K training rows and the test rows as one DatasetDict, checked: rows, texts, and labels as class ids under
+    one mapping for both (`data.encode_label_column`; string labels map to their index in `label_names`, or in the
+    sorted training labels). A label of the test rows that the mapping lacks is a ValueError naming it."""
+    from datasets import DatasetDict
+
+    for what, part in (("training rows", train_k), ("test rows", test)):
+        data.require_columns(part, ["text", "label"], what)
+        data.require_rows(part, what)
+        data.check_texts(part["text"], f"{what}' text")
+    return data.encode_label_column(DatasetDict({"train": train_k, "test": test}), names=label_names)
+
+
 def train_setfit(cfg, train_k, test, iterations: int = 20, seed: int = 0, epochs: int = 1):
     """Contrastive fine-tuning on generated pairs (step 2), then a logistic-regression head (step 3).
 
     Returns (RunResult, model). The metric is ftkit's offline accuracy module, passed by path.
+    String labels are kept as they are (setfit's head learns them and predicts them); they are checked like every
+    other entry point's (`checked_splits`).
     """
     from setfit import Trainer, TrainingArguments
 
+    checked_splits(train_k, test)
     model = setfit_model(cfg)
     args = TrainingArguments(batch_size=cfg.batch_size, num_epochs=epochs, num_iterations=iterations,
                              max_length=cfg.max_length, seed=seed, report_to="none", save_strategy="no",
@@ -103,9 +123,12 @@ def _tmp() -> str:
 
 
 def frozen_baseline(cfg, train_k, test, sentence_model=None, seed: int = 0):
-    """No step 2: logistic regression on the untouched sentence embeddings of the same K examples."""
+    """No step 2: logistic regression on the untouched sentence embeddings of the same K examples.
+    Labels are class ids or strings (`checked_splits` maps strings to ids, one mapping for both splits)."""
     from sklearn.linear_model import LogisticRegression
 
+    checked = checked_splits(train_k, test)
+    train_k, test = checked["train"], checked["test"]
     sentence_model = sentence_model or models.load_sentence_model(cfg)
     with train.measure() as m:
         X = sentence_model.encode(train_k["text"], show_progress_bar=False)
@@ -123,7 +146,11 @@ def project_2d(before, after, labels, label_names, title_before="before step 2",
     from sklearn.decomposition import PCA
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=(title_before, title_after))
-    labels = np.asarray(labels)
+    names = list(label_names)
+    if not len(before) == len(after) == len(labels):
+        raise ValueError(f"{len(before)} and {len(after)} embeddings for {len(labels)} labels; they must match")
+    data.check_labels(labels, names if any(isinstance(l, str) for l in labels) else range(len(names)))
+    labels = np.asarray([names.index(l) if isinstance(l, str) else l for l in labels])  # string labels: by name
     for col, emb in ((1, before), (2, after)):
         xy = PCA(n_components=2, random_state=0).fit_transform(emb)
         for label, name in enumerate(label_names):
@@ -138,6 +165,9 @@ def project_2d(before, after, labels, label_names, title_before="before step 2",
 def separation(emb, labels) -> float:
     """How far apart the classes sit: distance between class means over the mean within-class spread."""
     emb, labels = np.asarray(emb), np.asarray(labels)
+    if len(emb) != len(labels) or len(np.unique(labels)) != 2:
+        raise ValueError(f"separation needs one label per embedding ({len(emb)} embeddings, {len(labels)} labels) "
+                         f"and exactly two classes (got {len(np.unique(labels))})")
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     centres = [emb[labels == c].mean(0) for c in np.unique(labels)]
     spread = np.mean([np.linalg.norm(emb[labels == c] - centres[i], axis=1).mean()
@@ -150,12 +180,11 @@ METHODS = ("SetFit", "frozen embeddings + LR", "full fine-tuning")
 
 
 def full_finetune_k(cfg, train_k, test, label_names, seed: int = 0, epochs: float = 10):
-    """Fine-tune the whole encoder (with a new classification head) on the same K examples per class."""
-    from datasets import DatasetDict
-
+    """Fine-tune the whole encoder (with a new classification head) on the same K examples per class.
+    String labels become their index in `label_names` (`checked_splits`)."""
     from . import tuning
 
-    encoded, tokenizer = tuning.tokenize(DatasetDict({"train": train_k, "test": test}), cfg)
+    encoded, tokenizer = tuning.tokenize(checked_splits(train_k, test, label_names), cfg)
     return tuning.fine_tune(cfg, encoded, tokenizer, label_names, n_frozen=0, epochs=epochs,
                             name="full fine-tuning", seed=seed, per_device_train_batch_size=8)
 
@@ -176,6 +205,9 @@ def curve_point(cfg, train, test, label_names, k: int, iterations: int, seeds) -
 def curve_summary(rows):
     """Mean and standard deviation of accuracy per method and K."""
     import pandas as pd
+
+    if not rows:
+        raise ValueError("no curve points yet: run curve_point (or the panel) for at least one K first")
 
     table = pd.DataFrame(rows).groupby(["method", "K"])["accuracy"].agg(["mean", "std", "count"]).reset_index()
     return table.fillna({"std": 0.0})

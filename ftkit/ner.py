@@ -3,6 +3,7 @@
 - IOB schemes: `validate_iob2` (in ftkit.data), `validate_iob1`, `iob1_to_iob2`, `iob2_to_iob1`, `spans`.
 - Subword label alignment: `align_labels` gives one label per sub-token, -100 where the loss must ignore it.
 - Back to words: `word_tags` takes the first sub-token's prediction for each word.
+- Scores: `seqeval_metrics`, entity-level and strict IOB2, one prediction per word in both alignment modes.
 - Looking at predictions: `highlight_html`, `error_kinds`, `type_confusion`.
 """
 from __future__ import annotations
@@ -54,15 +55,19 @@ def iob2_to_iob1(tags) -> list:
     return out
 
 
-def spans(tags) -> list[tuple[str, int, int]]:
-    """(type, start, end) for each entity in IOB2 tags; `end` is exclusive."""
+def spans(tags, strict: bool = False) -> list[tuple[str, int, int]]:
+    """(type, start, end) for each entity in IOB2 tags; `end` is exclusive.
+
+    A model's predictions can hold an I-X that continues no X entity. By default (to show what the model said)
+    such a stray I- opens an entity; with `strict=True` it is no entity, as in seqeval's strict IOB2 mode, the
+    scoring `seqeval_metrics` uses."""
     found, start, kind = [], None, None
     for i, tag in enumerate(list(tags) + ["O"]):
         continues = tag.startswith("I-") and kind == tag[2:]
         if start is not None and not continues:
             found.append((kind, start, i))
             start, kind = None, None
-        if tag.startswith("B-") or (tag.startswith("I-") and not continues):  # a stray I- opens an entity
+        if tag.startswith("B-") or (tag.startswith("I-") and not continues and not strict):
             start, kind = i, tag[2:]
     return found
 
@@ -80,6 +85,7 @@ def align_labels(word_ids, word_tags, label2id, mode: str = "first") -> list[int
     mode="first": only the first sub-token of a word keeps the word's label, the rest get -100.
     mode="all": every sub-token is labelled; a word's continuation pieces turn B-X into I-X, so
     that "Washington" -> wash ##ing ##ton reads B-LOC I-LOC I-LOC, still one entity.
+    A tag missing from `label2id` is a ValueError that names it and the label set.
     """
     if mode not in ("first", "all"):
         raise ValueError(f"mode must be 'first' or 'all', not {mode!r}")
@@ -88,28 +94,67 @@ def align_labels(word_ids, word_tags, label2id, mode: str = "first") -> list[int
         if word is None:
             labels.append(IGNORE)
         elif word != previous:
-            labels.append(label2id[word_tags[word]])
+            labels.append(_label_id(word_tags[word], label2id))
         elif mode == "first":
             labels.append(IGNORE)
         else:
             tag = word_tags[word]
-            labels.append(label2id["I-" + tag[2:] if tag.startswith("B-") else tag])
+            labels.append(_label_id("I-" + tag[2:] if tag.startswith("B-") else tag, label2id))
         previous = word
     return labels
 
 
-def tokenize_and_align(ds, tokenizer, label2id, mode: str = "first", max_length: int = 128):
-    """Tokenize pre-split words and attach aligned `labels` to every split."""
-    unknown = sorted({t for tags in ds["train"]["tags"] for t in tags} - set(label2id))
-    if unknown:
-        raise ValueError(f"tags {unknown} are not in the label list {list(label2id)}")
+def _label_id(tag, label2id) -> int:
+    if tag not in label2id:
+        raise ValueError(f"tag {tag!r} is not in the label set {list(label2id)}")
+    return label2id[tag]
 
-    def encode(batch):
+
+def check_tags(ds, label2id) -> None:
+    """Every split's tags are in the model's label set, and each row has one tag per word.
+
+    A tag the model does not know (e.g. B-ORG only in the test split, when the labels came from the training split)
+    is a ValueError naming the tag, its split and row, and the label set: the model could never predict it."""
+    from .data import require_columns
+
+    known = set(label2id)
+    for split, part in ds.items():
+        require_columns(part, ["tokens", "tags"], f"split {split!r}")
+        for row, (tokens, tags) in enumerate(zip(part["tokens"], part["tags"])):
+            if len(tokens) != len(tags):
+                raise ValueError(f"split {split!r} row {row}: {len(tokens)} words but {len(tags)} tags; "
+                                 "every word needs exactly one tag")
+            unknown = [t for t in tags if t not in known]
+            if unknown:
+                raise ValueError(
+                    f"tag {unknown[0]!r} in split {split!r} (row {row}) is not in the model's tag set "
+                    f"{list(label2id)}; "
+                    "a model cannot learn or predict a tag it has no label for: add training examples with that tag "
+                    "and build the label list from them, or map the tag to a known one (or to 'O') in every split")
+
+
+def tokenize_and_align(ds, tokenizer, label2id, mode: str = "first", max_length: int = 128):
+    """Tokenize pre-split words and attach aligned `labels` to every split (a DatasetDict with a "train" split).
+
+    `mode` ("first" or "all", see `align_labels`) labels the "train" split: it decides what the model learns from.
+    Every other split is labelled at each word's first piece, whatever the mode, so its loss and its scores count
+    one prediction per word (the one `word_tags` and `predict_tags` read back) and the two modes are compared like
+    for like. Tags are checked in every split first (`check_tags`)."""
+    if mode not in ("first", "all"):
+        raise ValueError(f"mode must be 'first' or 'all', not {mode!r}")
+    check_tags(ds, label2id)
+
+    def encode(batch, split_mode):
         enc = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
-        enc["labels"] = [align_labels(enc.word_ids(i), tags, label2id, mode) for i, tags in enumerate(batch["tags"])]
+        enc["labels"] = [align_labels(enc.word_ids(i), tags, label2id, split_mode)
+                         for i, tags in enumerate(batch["tags"])]
         return enc
 
-    return ds.map(encode, batched=True, remove_columns=ds["train"].column_names)
+    from datasets import DatasetDict
+
+    return DatasetDict({split: part.map(encode, batched=True, remove_columns=part.column_names,
+                                        fn_kwargs={"split_mode": mode if split == "train" else "first"})
+                        for split, part in ds.items()})
 
 
 def word_tags(token_label_ids, word_ids, id2label, n_words: int) -> list[str]:
@@ -142,7 +187,14 @@ def alignment_table(tokens, tags, tokenizer, label_names, mode: str = "first"):
 
 # --------------------------------------------------------------------------- training and prediction
 def seqeval_metrics(id2label):
-    """A Trainer `compute_metrics`: entity-level P/R/F1 per type (offline seqeval module) + token accuracy."""
+    """A Trainer `compute_metrics`: entity-level P/R/F1, overall and per type, and word accuracy, with ftkit's
+    offline seqeval module in strict IOB2 mode (seqeval's `mode="strict", scheme=IOB2`).
+
+    Strict, because the data are IOB2 (`data.validate_iob2`): an entity is a B-X followed by its I-X, and a
+    predicted I-X with no B-X before it is no entity. seqeval's default (CoNLL-style) mode would let such an I-X
+    open one, so gold B-PHONE I-PHONE vs predicted I-PHONE I-PHONE would count as a perfect match.
+    Every position whose label is not -100 is one scored item: `tokenize_and_align` labels evaluation splits at
+    each word's first piece, so these are word-level scores. A set with no labelled position is a ValueError."""
     from . import metrics
 
     def compute(eval_pred):
@@ -153,7 +205,9 @@ def seqeval_metrics(id2label):
             keep = l_row != IGNORE
             true_tags.append([id2label[int(l)] for l in l_row[keep]])
             pred_tags.append([id2label[int(p)] for p in p_row[keep]])
-        scores = metrics.load("seqeval").compute(predictions=pred_tags, references=true_tags)
+        if not any(true_tags):
+            raise ValueError("the evaluation set has no labelled word (every label is -100): nothing to score")
+        scores = metrics.load("seqeval").compute(predictions=pred_tags, references=true_tags, mode="strict")
         flat = {k: v for k, v in scores.items() if k.startswith("overall_")}
         flat.update({f"{kind}_f1": v["f1"] for kind, v in scores.items() if isinstance(v, dict)})
         return flat
@@ -202,12 +256,25 @@ def highlight_html(tokens, tags, title: str = "", types=None) -> str:
     return f'<div style="line-height:2">{head}{" ".join(parts)}</div>'
 
 
+def _check_pairs(gold_seqs, pred_seqs) -> None:
+    """As many predicted sentences as gold ones, each with as many tags: zip would silently score fewer."""
+    gold_seqs, pred_seqs = list(gold_seqs), list(pred_seqs)
+    if len(gold_seqs) != len(pred_seqs):
+        raise ValueError(f"{len(gold_seqs)} gold sentences but {len(pred_seqs)} predicted ones; they must match")
+    for i, (gold, pred) in enumerate(zip(gold_seqs, pred_seqs)):
+        if len(gold) != len(pred):
+            raise ValueError(f"sentence {i}: {len(gold)} gold tags but {len(pred)} predicted tags; they must match")
+
+
 def error_kinds(gold_seqs, pred_seqs) -> Counter:
     """Each gold entity is correct, wrong type (same span), wrong boundary (overlaps, same type),
-    wrong type and boundary, or missed; each predicted entity that overlaps nothing is spurious."""
+    wrong type and boundary, or missed; each predicted entity that overlaps nothing is spurious.
+    Entities are read strictly (`spans(..., strict=True)`), as `seqeval_metrics` scores them, so "correct"
+    counts exactly the entities that its F1 counts as right."""
+    _check_pairs(gold_seqs, pred_seqs)
     counts: Counter = Counter()
     for gold_tags, pred_tags in zip(gold_seqs, pred_seqs):
-        gold, pred = spans(gold_tags), spans(pred_tags)
+        gold, pred = spans(gold_tags, strict=True), spans(pred_tags, strict=True)
         used = set()
         for kind, s, e in gold:
             if (kind, s, e) in pred:
@@ -229,13 +296,15 @@ def error_kinds(gold_seqs, pred_seqs) -> Counter:
 
 
 def type_confusion(gold_seqs, pred_seqs, types):
-    """Rows: gold type; columns: the type of the overlapping predicted entity, or "missed"."""
+    """Rows: gold type; columns: the type of the overlapping predicted entity (read strictly, as
+    `error_kinds` does), or "missed"."""
     import pandas as pd
 
+    _check_pairs(gold_seqs, pred_seqs)
     table = pd.DataFrame(0, index=list(types), columns=list(types) + ["missed"])
     for gold_tags, pred_tags in zip(gold_seqs, pred_seqs):
-        pred = spans(pred_tags)
-        for kind, s, e in spans(gold_tags):
+        pred = spans(pred_tags, strict=True)
+        for kind, s, e in spans(gold_tags, strict=True):
             overlap = [p for p in pred if p[1] < e and s < p[2]]
             table.loc[kind, overlap[0][0] if overlap else "missed"] += 1
     return table
@@ -255,11 +324,13 @@ def train_tagger(cfg, encoded, tokenizer, label_names, n_frozen: int = 0, epochs
                  learning_rate: float | None = None, name: str | None = None, config_overrides: dict | None = None,
                  **arg_overrides):
     """A fresh token classifier, bottom `n_frozen` blocks frozen, trained and scored: (RunResult, model).
-    `arg_overrides` go to the TrainingArguments (and `resume_from_checkpoint` to the Trainer)."""
+    `arg_overrides` go to the TrainingArguments (and `resume_from_checkpoint` to the Trainer).
+    `encoded` comes from `tokenize_and_align` with the same label order as `label_names`."""
     from transformers import DataCollatorForTokenClassification
 
     from . import models, train
 
+    _check_label_ids(encoded, label_names)
     model = models.load_token_classifier(label_names, cfg, **(config_overrides or {}))
     train.freeze_bottom(model, n_frozen)
     overrides = dict(arg_overrides, **({"num_train_epochs": epochs} if epochs is not None else {}))
@@ -270,6 +341,17 @@ def train_tagger(cfg, encoded, tokenizer, label_names, n_frozen: int = 0, epochs
                        data_collator=DataCollatorForTokenClassification(tokenizer),
                        compute_metrics=seqeval_metrics(model.config.id2label), **overrides)
     return result, model
+
+
+def _check_label_ids(encoded, label_names) -> None:
+    """Label ids fit the classifier's `label_names`: an id past its end would fail deep inside the loss."""
+    for split in ("train", "test"):
+        if split not in encoded:
+            raise ValueError(f"encoded data need a {split!r} split (from tokenize_and_align); splits: {list(encoded)}")
+        top = max((max(row) for row in encoded[split]["labels"] if row), default=IGNORE)
+        if top >= len(label_names):
+            raise ValueError(f"split {split!r} holds label id {top}, but label_names has {len(label_names)} labels "
+                             f"({list(label_names)}); tokenize with label2id built from the same label_names")
 
 
 def tagger_panel(model, tokenizer, types):

@@ -177,3 +177,28 @@ def test_check_classification_names_the_problem():
         data.check_classification(ok, label_column="y")
     with pytest.raises(ValueError, match="single class in 'label' \\(1\\)"):
         data.check_classification(Dataset.from_dict({"text": ["a", "b"], "label": [1, 1]}))
+
+
+def test_string_labels_get_one_mapping_for_every_split():
+    """`DatasetDict.class_encode_column` encodes each split on its own: a test split without 'bad' got good=0 there
+    while good=1 in training. One mapping, from the training split, must hold for both."""
+    ds = DatasetDict({"train": Dataset.from_dict({"text": ["a", "b", "c"], "label": ["neutral", "good", "bad"]}),
+                      "test": Dataset.from_dict({"text": ["d", "e"], "label": ["good", "neutral"]})})
+    assert ds.class_encode_column("label")["test"]["label"] == [0, 1]        # the per-split trap this avoids
+    encoded = data.encode_label_column(ds)
+    assert encoded["train"].features["label"].names == ["bad", "good", "neutral"]
+    assert encoded["train"]["label"] == [2, 1, 0] and encoded["test"]["label"] == [1, 2]
+    assert data.encode_label_column(ds, names=["neutral", "bad", "good"])["test"]["label"] == [2, 0]
+
+
+@pytest.mark.parametrize("train_labels, test_labels, message", [
+    (["good", "bad"], ["good", "great"],
+     r"split 'test': label 'great' in row 1 is not in the label set \['bad', 'good'\]"),
+    ([0, 1], [1, 2], r"split 'test': label 2 in row 1 is not in the label set \[0, 1\]"),
+    (["good", "bad"], [1, 0], "mixes label strings and class ids"),
+])
+def test_a_label_the_training_split_lacks_is_named_with_its_split(train_labels, test_labels, message):
+    ds = DatasetDict({"train": Dataset.from_dict({"text": ["x"] * 2, "label": train_labels}),
+                      "test": Dataset.from_dict({"text": ["y"] * 2, "label": test_labels})})
+    with pytest.raises(ValueError, match=message):
+        data.encode_label_column(ds)

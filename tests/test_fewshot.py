@@ -88,3 +88,50 @@ def test_a_small_machine_trains_setfit_with_checkpointing_and_the_same_result(cf
     a, b = (m.model_body.encode(texts, show_progress_bar=False) for m in (plain, recomputed))
     assert np.abs(a - plain.model_body.encode(texts, show_progress_bar=False)).max() == 0      # encode is stable
     assert np.abs(a - b).max() < 1e-4             # recomputing activations: the same updates up to float rounding
+
+
+def as_strings(ds, names=("negative", "positive")):
+    return Dataset.from_dict({"text": ds["text"], "label": [names[i] for i in ds["label"]]})
+
+
+def test_string_labels_give_the_same_answer_at_every_entry_point(cfg):
+    """train_setfit accepts "positive"/"negative"; the frozen baseline and full fine-tuning (the other two methods of
+    curve_point) must too, with one mapping for the K rows and the test rows, and the same scores as with ids."""
+    from ftkit import models, tuning
+
+    rt = data.load("rotten_tomatoes")
+    train_k, test = fewshot.sample_k(rt["train"], 4), rt["test"].select(range(16))
+    sentence_model = models.load_sentence_model(cfg)
+    by_id = fewshot.frozen_baseline(cfg, train_k, test, sentence_model)
+    by_name = fewshot.frozen_baseline(cfg, as_strings(train_k), as_strings(test), sentence_model)
+    assert by_name.metrics == by_id.metrics and 0.0 <= by_id.metrics["accuracy"] <= 1.0
+    # full fine-tuning's data path: the strings become the ids of label_names in both splits
+    names = rt["train"].features["label"].names
+    checked = fewshot.checked_splits(as_strings(train_k), as_strings(test), names)
+    assert checked["train"]["label"] == train_k["label"] and checked["test"]["label"] == test["label"]
+    encoded, _ = tuning.tokenize(checked, cfg)
+    assert encoded["test"]["label"] == test["label"]
+
+
+def test_a_test_label_the_k_rows_lack_is_refused_at_every_entry_point(cfg):
+    rt = data.load("rotten_tomatoes")
+    train_k, test = as_strings(fewshot.sample_k(rt["train"], 2)), as_strings(rt["test"].select(range(4)))
+    odd = Dataset.from_dict({"text": test["text"], "label": ["positive", "neutral", "negative", "positive"]})
+    message = r"split 'test': label 'neutral' in row 1 is not in the label set \['negative', 'positive'\]"
+    with pytest.raises(ValueError, match=message):
+        fewshot.frozen_baseline(cfg, train_k, odd, sentence_model=object())
+    with pytest.raises(ValueError, match=message):
+        fewshot.train_setfit(cfg, train_k, odd)
+    with pytest.raises(ValueError, match=message):
+        fewshot.full_finetune_k(cfg, train_k, odd, ["negative", "positive"])
+    with pytest.raises(ValueError, match="mixes label strings and class ids"):
+        fewshot.frozen_baseline(cfg, train_k, rt["test"].select(range(4)), sentence_model=object())
+    with pytest.raises(ValueError, match="test rows is empty"):
+        fewshot.frozen_baseline(cfg, train_k, test.select([]), sentence_model=object())
+
+
+def test_summaries_of_nothing_are_refused():
+    with pytest.raises(ValueError, match="no curve points yet"):
+        fewshot.curve_summary([])
+    with pytest.raises(ValueError, match="exactly two classes"):
+        fewshot.separation(np.ones((4, 3)), [0, 0, 0, 0])

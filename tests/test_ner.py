@@ -75,8 +75,10 @@ def test_unknown_tag_in_data_is_a_clear_error(tok):
     from datasets import Dataset, DatasetDict
 
     ds = DatasetDict({"train": Dataset.from_dict({"tokens": [["Paris"]], "tags": [["B-GPE"]]})})
-    with pytest.raises(ValueError, match=r"tags \['B-GPE'\] are not in the label list"):
+    with pytest.raises(ValueError, match=r"tag 'B-GPE' in split 'train' \(row 0\) is not in the model's tag set"):
         ner.tokenize_and_align(ds, tok, L2I)
+    with pytest.raises(ValueError, match=r"tag 'B-GPE' is not in the label set"):
+        ner.align_labels([None, 0, None], ["B-GPE"], L2I)
 
 
 def test_alignment_table_shows_ignored_tokens(tok):
@@ -117,3 +119,76 @@ def test_the_training_panel_trains_at_the_main_runs_learning_rate(cfg, monkeypat
     kept = panel.click(n_frozen=2, epochs=4.0)
     assert seen == [(2, 4.0, 1e-4)] and "lr 0.0001" in table.to_pandas()["setup"][0]
     assert kept.model is None and kept.metrics["overall_f1"] == 0.5      # a click keeps numbers, not a model
+
+
+def test_a_tag_only_in_the_test_split_names_the_tag_the_split_and_the_tag_set(tok):
+    from datasets import Dataset, DatasetDict
+
+    ds = DatasetDict({"train": Dataset.from_dict({"tokens": [["Ada", "Lovelace"]], "tags": [["B-PER", "I-PER"]]}),
+                      "test": Dataset.from_dict({"tokens": [["Paris", "wins"], ["Acme", "Corp"]],
+                                                 "tags": [["B-LOC", "O"], ["B-ORG", "I-ORG"]]})})
+    with pytest.raises(ValueError, match=r"tag 'B-ORG' in split 'test' \(row 1\) is not in the model's tag set "
+                                         r"\['O', 'B-PER', 'I-PER', 'B-LOC', 'I-LOC'\]"):
+        ner.tokenize_and_align(ds, tok, L2I)
+    ds["test"] = Dataset.from_dict({"tokens": [["Paris", "wins"]], "tags": [["B-LOC"]]})
+    with pytest.raises(ValueError, match=r"split 'test' row 0: 2 words but 1 tags"):
+        ner.tokenize_and_align(ds, tok, L2I)
+
+
+def scores(gold_rows, pred_rows, labels=("O", "B-PHONE", "I-PHONE")):
+    """seqeval_metrics on label-id rows (-100 = not scored), as the Trainer calls it, with one-hot logits."""
+    import numpy as np
+
+    id2label, label2id = dict(enumerate(labels)), {l: i for i, l in enumerate(labels)}
+    gold = np.array([[label2id.get(t, ner.IGNORE) for t in row] for row in gold_rows])
+    logits = np.zeros(gold.shape + (len(labels),))
+    for i, row in enumerate(pred_rows):
+        for j, t in enumerate(row):
+            logits[i, j, label2id[t]] = 1.0
+    return ner.seqeval_metrics(id2label)((logits, gold))
+
+
+def test_iob2_data_are_scored_as_iob2():
+    """A predicted I-PHONE I-PHONE is no entity in IOB2 (validate_iob2 rejects it): F1 0, not CoNLL-style 1.0."""
+    wrong = scores([["B-PHONE", "I-PHONE"]], [["I-PHONE", "I-PHONE"]])
+    assert wrong["overall_f1"] == 0.0 and wrong["overall_recall"] == 0.0 and wrong["overall_accuracy"] == 0.5
+    assert scores([["B-PHONE", "I-PHONE"]], [["B-PHONE", "I-PHONE"]])["overall_f1"] == 1.0
+    # error analysis counts entities the same way: the stray I- run is no entity, so the gold one is missed
+    assert ner.error_kinds([["B-PHONE", "I-PHONE"]], [["I-PHONE", "I-PHONE"]]) == {"missed": 1, "spurious": 0}
+    assert ner.spans(["I-PHONE", "I-PHONE", "O", "B-PHONE"], strict=True) == [("PHONE", 3, 4)]
+    assert ner.spans(["I-PHONE", "I-PHONE"]) == [("PHONE", 0, 2)]        # shown as the model said it
+    with pytest.raises(ValueError, match="no labelled word"):
+        scores([["x", "x"]], [["O", "O"]])
+    with pytest.raises(ValueError, match="sentence 0: 2 gold tags but 1 predicted tags"):
+        ner.error_kinds([["B-PHONE", "I-PHONE"]], [["O"]])
+
+
+@pytest.mark.parametrize("mode", ["first", "all"])
+def test_both_alignment_modes_are_scored_per_word(tok, mode):
+    """A sentence whose first pieces are all predicted right is word-level F1 1.0 in both modes: evaluation splits
+    are labelled at each word's first piece, whatever the mode the training split is aligned with."""
+    import numpy as np
+    from datasets import Dataset, DatasetDict
+
+    words = ["Ouagadougou", "welcomed", "Kilimanjaro", "Ntaganda", "and", "Washington"]
+    tags = ["B-LOC", "O", "B-LOC", "B-PER", "O", "B-LOC"]
+    sentence = Dataset.from_dict({"tokens": [words], "tags": [tags]})
+    encoded = ner.tokenize_and_align(DatasetDict({"train": sentence, "test": sentence}), tok, L2I, mode=mode)
+    word_ids = tok(words, is_split_into_words=True).word_ids()
+    assert len(word_ids) > len(words) + 4, "the test needs words that split into pieces"
+    train_labels, test_labels = encoded["train"]["labels"][0], encoded["test"]["labels"][0]
+    assert test_labels == ner.align_labels(word_ids, tags, L2I, "first")
+    assert train_labels == ner.align_labels(word_ids, tags, L2I, mode)   # the mode still decides what is trained
+    predicted = [l if l != ner.IGNORE else L2I["O"] for l in test_labels]   # first pieces right, other pieces "O"
+    logits = np.eye(len(LABELS))[predicted][None]
+    result = ner.seqeval_metrics(I2L)((logits, np.array([test_labels])))
+    assert result["overall_f1"] == 1.0 and result["overall_accuracy"] == 1.0
+
+
+def test_the_tagger_refuses_labels_that_do_not_fit_its_label_names(cfg):
+    from datasets import Dataset, DatasetDict
+
+    split = Dataset.from_dict({"input_ids": [[1, 2]], "labels": [[-100, 4]]})
+    encoded = DatasetDict({"train": split, "test": split})
+    with pytest.raises(ValueError, match=r"split 'train' holds label id 4, but label_names has 3 labels"):
+        ner.train_tagger(cfg, encoded, None, ["O", "B-PER", "I-PER"])
