@@ -1,4 +1,10 @@
-"""The course as a student meets it: JupyterLab in a real (headless) Chromium, every notebook run with Run All.
+"""The course as a student meets it: JupyterLab in a real (headless) Chromium, every student copy run with Run All.
+
+The student copies (course/student/, written by `python -m ftkit student course/student`) are the notebooks with
+every exercise's solution replaced by `...  # your code here`; nbval runs the notebooks with their solutions, where
+every check must pass (FTKIT_CHECKS=strict). Here FTKIT_CHECKS=unattempted: every check must report "not
+attempted", so Run All proves that a copy completes without the learner's answers and that no check passes on a
+placeholder. One exercise per session is photographed as a learner sees it (its check's output).
 
 For each notebook, in the smoke profile and on the small-machine path Binder's 2 GB takes (FTKIT_MEMORY_LIMIT=2G;
 nbval covers the default path): no cell may end in an error, ipywidgets and plotly figures must be
@@ -27,7 +33,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("FTKIT_CHROMIUM", "/usr/bin/chromium")
-NOTEBOOKS = sorted(p.name for p in (ROOT / "course").glob("*.ipynb"))
+STUDENT = ROOT / "course" / "student"
+NOTEBOOKS = sorted(p.name for p in STUDENT.glob("*.ipynb"))
 SHOTS = Path(os.environ.get("FTKIT_SCREENSHOTS", Path(__file__).parent / "screenshots"))
 RUN_ALL_TIMEOUT_MS = 15 * 60 * 1000
 
@@ -57,10 +64,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """JupyterLab on 127.0.0.1 with a token, serving a copy of course/ (Lab autosaves; the repo stays clean)."""
+    """JupyterLab on 127.0.0.1 with a token, serving a copy of course/student/ (Lab autosaves; the repo stays
+    clean)."""
     work = tmp_path_factory.mktemp("course")
     for name in NOTEBOOKS:
-        shutil.copy(ROOT / "course" / name, work / name)
+        shutil.copy(STUDENT / name, work / name)
     settings = tmp_path_factory.mktemp("lab-settings")
     tracker = settings / "@jupyterlab" / "notebook-extension"
     tracker.mkdir(parents=True)
@@ -75,7 +83,9 @@ def lab(tmp_path_factory):
     # (interrupted) run would start a second kernel and take the focus.
     # FTKIT_MEMORY_LIMIT=2G: the kernels take Binder's small-machine path (cfg.small_memory), which is where students
     # meet the course in a browser; nbval in `make test` runs the same notebooks on the default path.
+    # FTKIT_CHECKS=unattempted: a check that passes or fails on a student copy's placeholder is a cell error.
     env = {**os.environ, "FTKIT_PROFILE": "smoke", "FTKIT_MEMORY_LIMIT": os.environ.get("FTKIT_MEMORY_LIMIT", "2G"),
+           "FTKIT_CHECKS": "unattempted",
            "HF_HUB_OFFLINE": "1", "JUPYTERLAB_SETTINGS_DIR": str(settings),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path_factory.mktemp("lab-workspaces"))}
     proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
@@ -136,6 +146,21 @@ def _panels(page):
         .filter(has=page.locator(".widget-hprogress, progress")).filter(has=page.locator(".widget-slider"))
 
 
+def _photograph_an_exercise(page, name, stem) -> None:
+    """The first exercise of the notebook as a learner meets it: the placeholder and its check's output."""
+    exercises = (ROOT / "course" / name).read_text().count("### BEGIN SOLUTION")
+    checks = page.locator(".ftkit-check")
+    if exercises == 0:
+        assert checks.count() == 0, f"{name}: check output without an exercise"
+        return
+    assert checks.count() > 0, f"{name}: {exercises} solution regions, but no check output rendered"
+    texts = checks.all_inner_texts()
+    assert all("not attempted" in t for t in texts), f"{name}: a check did not say 'not attempted': {texts}"
+    cell = page.locator(".jp-Cell").filter(has=page.locator(".ftkit-check")).first
+    cell.scroll_into_view_if_needed()
+    cell.screenshot(path=str(SHOTS / f"{stem}-exercise.png"))
+
+
 def _nudge_first_slider(panel) -> tuple[str, str]:
     """Move the panel's first slider one step with the keyboard, as a student would; returns (before, after)."""
     readout = panel.locator(".widget-slider .widget-readout").first
@@ -163,7 +188,8 @@ def test_notebook_runs_and_a_panel_works_in_the_browser(lab, page, name):
     errors = page.evaluate(ERRORS)
     assert errors == [], f"{name}: cells ended in an error in the browser: {errors}"
     assert page.locator(".jupyter-widgets").count() > 0, f"{name}: no ipywidgets rendered"
-    source = (ROOT / "course" / name).read_text()
+    _photograph_an_exercise(page, name, stem)
+    source = (STUDENT / name).read_text()
     if re.search(r"go\.Figure|\.bar\(|fig\b", source):
         page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
         assert page.locator(".js-plotly-plot").count() > 0, f"{name}: no plotly figure rendered"
