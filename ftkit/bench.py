@@ -4,6 +4,8 @@ A benchmark, not a test: it records each notebook's wall time and the peak RSS o
 process and its children, sampled every 0.2 s), and writes a Markdown table for the README's budgets.
 `--memory-limit 2G` tells the notebooks (through FTKIT_MEMORY_LIMIT, read by `ftkit.setup`) that they run on a
 machine that small, so they pick their memory-saving settings; the table then says whether each one stayed under.
+A second table lists the cells that took over a minute (SLOW_CELL_S), with their seconds and first line: the cells
+whose notebook text should say how long they take. Cell numbers count every cell from 0, markdown included.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 COURSE = Path(__file__).resolve().parent.parent / "course"
+SLOW_CELL_S = 60
 
 
 def kernel_rss(pid: int) -> int:
@@ -79,9 +82,17 @@ def run_notebook(path: Path, profile: str, memory_limit: str | None = None, time
                 peak.update(bytes=kernel_rss(pid), cell=current["cell"])
             if save_to is not None:
                 nbformat.write(nb, save_to)
+    slow = [{"cell": i, "s": s, "first line": first_line(nb.cells[i].source)} for i, s in cell_s.items()
+            if s >= SLOW_CELL_S]
     return {"notebook": path.name, "profile": profile, "memory limit": memory_limit,
             "wall s": round(time.perf_counter() - start, 1), "peak kernel RSS MB": round(peak["bytes"] / 2**20),
-            "peak at cell": peak["cell"], "error": error, "cell s": cell_s, "RSS MB after cell": cell_mb}
+            "peak at cell": peak["cell"], "error": error, "cell s": cell_s, "RSS MB after cell": cell_mb,
+            "slow cells": slow}
+
+
+def first_line(source: str) -> str:
+    lines = [line for line in source.splitlines() if line.strip()]
+    return lines[0][:80] if lines else ""
 
 
 def limit_mb(text: str | None) -> float | None:
@@ -97,6 +108,18 @@ def markdown(rows) -> str:
         within = "" if cap is None else ("yes" if r["peak kernel RSS MB"] <= cap else "**no**")
         lines.append(f"| {r['notebook']} | {r['profile']} | {r['wall s']:.0f} s | {r['peak kernel RSS MB']:,} MB | "
                      f"{r['peak at cell']} | {within} | {r['error'] or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def slow_cells_markdown(rows) -> str:
+    """The cells that took SLOW_CELL_S or more, slowest first in each notebook."""
+    lines = [f"| notebook | cell | seconds | RSS after | first line (cells over {SLOW_CELL_S} s) |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        for c in sorted(r.get("slow cells", []), key=lambda c: -c["s"]):
+            rss = r["RSS MB after cell"].get(c["cell"], r["RSS MB after cell"].get(str(c["cell"])))
+            lines.append(f"| {r['notebook']} | {c['cell']} | {c['s']:.0f} s ({c['s'] / 60:.1f} min) | "
+                         f"{'' if rss is None else f'{rss:,} MB'} | `{c['first line'].replace('|', '/')}` |")
     return "\n".join(lines) + "\n"
 
 
@@ -117,7 +140,9 @@ def bench_notebooks(names=None, profile: str = "cpu", memory_limit: str | None =
         keep = None if out is None else out.parent / f"{p.stem}.{profile}.executed.ipynb"
         rows.append(run_notebook(p.resolve(), profile, memory_limit, save_to=keep))
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+        for line in slow_cells_markdown(rows[-1:]).splitlines()[2:]:
+            print("  slow cell:", line, flush=True)
     if out is not None:
-        out.with_suffix(".md").write_text(markdown(rows))
+        out.with_suffix(".md").write_text(markdown(rows) + "\n" + slow_cells_markdown(rows))
         out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     return rows

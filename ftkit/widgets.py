@@ -3,10 +3,49 @@
 The panel calls `fn(**values)` when Run is clicked. Tests and nbval use the very same path with no
 browser: set `panel.controls[...].value`, then `panel.click()`. Figures are plain `go.Figure`
 objects shown with `display` (FigureWidget does not render in Colab).
+
+A run shows one progress bar, the panel's own: `train.fit` called during a run feeds it (see `panel_progress`)
+and drops the Trainer's bar and loss table, and `datasets`/`transformers` bars are off while it runs.
 """
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+_PANEL_PROGRESS: ContextVar = ContextVar("ftkit_panel_progress", default=None)
+
+
+def panel_progress():
+    """The running panel's progress callable (fraction 0..1), or None outside a panel run. `train.fit` uses it when
+    it is given no `progress` of its own."""
+    return _PANEL_PROGRESS.get()
+
+
+def scaled(progress, start: float, end: float):
+    """`progress` mapped onto start..end: a run that trains and then scores gives training 0..0.7, say."""
+    if not 0.0 <= start <= end <= 1.0:
+        raise ValueError(f"need 0 <= start <= end <= 1, got start={start}, end={end}")
+    return lambda fraction: progress(start + (end - start) * max(0.0, min(1.0, float(fraction))))
+
+
+@contextmanager
+def library_bars_off():
+    """No `datasets` (map, filter) or `transformers` (loading weights) progress bars inside the block; each one's
+    previous state comes back afterwards."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets_on, transformers_on = datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_on:
+            datasets.enable_progress_bars()
+        if transformers_on:
+            hf_logging.enable_progress_bar()
 
 
 def int_slider(value: int, lo: int, hi: int, description: str, step: int = 1):
@@ -45,7 +84,8 @@ def _is_rich(obj) -> bool:
 class Panel:
     """Controls + Run button + progress + output area + figure area around `fn`.
 
-    `fn(**values)` may also take `progress`, a callable that receives a fraction in [0, 1].
+    `fn(**values)` may also take `progress`, a callable that receives a fraction in [0, 1]; a `train.fit` inside
+    the run reports to the same bar unless given a `progress` of its own (use `scaled` to share the bar).
     `plot(panel)` (optional) returns a go.Figure drawn after every run, e.g. from a ResultsTable.
     """
 
@@ -90,6 +130,23 @@ class Panel:
     def _report(self, fraction: float):
         self.progress.value = max(0.0, min(1.0, float(fraction)))
 
+    def _run(self, kwargs):
+        """`fn(**kwargs)` in the output area, reporting to this panel's bar: (result, error)."""
+        result, error = None, None
+        token = _PANEL_PROGRESS.set(self._report)
+        try:
+            # Output.__exit__ swallows exceptions inside IPython (it shows them itself), so the
+            # run's error is caught here, inside the block, and re-raised by the caller.
+            with self.output:
+                try:
+                    with library_bars_off():
+                        result = self.fn(**kwargs)
+                except Exception as err:
+                    error = err
+        finally:
+            _PANEL_PROGRESS.reset(token)
+        return result, error
+
     def _on_click(self, _button=None):
         from IPython.display import display
 
@@ -101,13 +158,7 @@ class Panel:
         if self._takes_progress:
             kwargs["progress"] = self._report
         try:
-            # Output.__exit__ swallows exceptions inside IPython (it shows them itself), so the
-            # run's error is caught here, inside the block, and re-raised outside it.
-            with self.output:
-                try:
-                    result, run_error = self.fn(**kwargs), None
-                except Exception as err:
-                    run_error = err
+            result, run_error = self._run(kwargs)
             if run_error is not None:
                 raise run_error
             self.results.append(result)
