@@ -4,8 +4,9 @@
   `label_word_scores` (zero-/k-shot prediction as the likelier label word), `kshot_eval`.
 - A knowledge task (MedQuAD QA): `AnswerIndex` (embed every answer, `search` top-k), `recall_at_k`,
   `rag_row` (the retrieved passages go in the prompt's context), `qa_scores` (ROUGE-L, cosine, length, errors).
-- Small vs large: `costs` runs `python -m ftkit.choose costs ROLE` in a fresh process for clean memory figures,
-  `memory_estimate` is the back-of-the-envelope rule to check them against, `generation_speed`.
+- Small vs large: `costs` runs `python -m ftkit.choose costs ROLE` in a fresh process for clean memory figures (on
+  the GPU when there is one), next to `ftkit.train.memory_estimate`, the rule to check them against;
+  `generation_speed`.
 
 Generation, templates, training and the error tags come from session 05 (`ftkit.instruct`).
 """
@@ -20,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from . import instruct
+from . import instruct, models
 
 LABEL_WORDS = ("negative", "positive")  # rotten_tomatoes label ids 0 and 1
 
@@ -92,8 +93,8 @@ def label_word_scores(model, tokenizer, prompts, words=LABEL_WORDS, batch_size: 
     out = []
     try:
         for start in range(0, len(prompts), batch_size):
-            enc = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(model.device)
+            enc = models.on_device(tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt",
+                                             padding=True, add_special_tokens=False), model)
             with torch.no_grad():
                 last = model(**enc, logits_to_keep=1).logits[:, -1, :].float()  # the vocabulary at one position only
             logp = torch.log_softmax(last, dim=-1)
@@ -181,21 +182,10 @@ def qa_scores(setup: str, answers, rows, sentence_model) -> "pd.DataFrame":  # n
 
 
 # --------------------------------------------------------------------------- 3. small vs large
-BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
-
-def memory_estimate(params: int, trainable: int | None = None, dtype: str = "float32") -> dict:
-    """The rule of thumb in GB: weights = params x bytes; full fine-tuning with AdamW adds a gradient and two
-    optimizer moments per trainable parameter (4x the weights in fp32); activations come on top."""
-    b = BYTES[dtype]
-    trainable = params if trainable is None else trainable
-    return {"weights GB": params * b / 1e9, "training GB (no activations)": (params * b + 3 * trainable * 4) / 1e9}
-
-
 def generation_speed(model, tokenizer, new_tokens: int = 64) -> dict:
     """Greedy answer latency for one prompt, and tokens per second (EOS is suppressed to count every token)."""
-    enc = tokenizer(instruct.prompt({"instruction": "Explain what a vaccine does."}), return_tensors="pt",
-                    add_special_tokens=False).to(model.device)
+    enc = models.on_device(tokenizer(instruct.prompt({"instruction": "Explain what a vaccine does."}),
+                                     return_tensors="pt", add_special_tokens=False), model)
     model.eval()
     with torch.no_grad():
         start = time.perf_counter()
@@ -208,9 +198,11 @@ def generation_speed(model, tokenizer, new_tokens: int = 64) -> dict:
 
 def costs(role: str, name: str | None = None, profile: str | None = None, steps: int = 2, batch: int = 4,
           length: int = 128, timeout: float = 900) -> dict:
-    """Parameters, disk size, RAM to load, and the peak RAM of a few full and LoRA training steps of a role's
-    model. Each method runs in a fresh Python process, so nothing this kernel (or the other method) holds
-    distorts the figures."""
+    """A role's model: parameters, checkpoint dtype and disk size, the memory to load it, and the peak memory of a few
+    full and LoRA training steps, each next to `train.memory_estimate`'s figure for the same steps. On a GPU the
+    memory is torch's allocated GPU memory, elsewhere the process RAM (the "memory measured" column says which).
+    Each method runs in a fresh Python process, so nothing this kernel (or the other method) holds distorts the
+    figures."""
     row = {}
     for method in ("LoRA", "full"):
         cmd = [sys.executable, "-m", "ftkit.choose", "costs", role, method, "--steps", str(steps), "--batch",
@@ -236,59 +228,79 @@ def disk_mb(path) -> float | None:
 
 def counted_costs(role: str, cfg, model, name: str | None = None) -> dict:
     """The cost-table row of a model this kernel already holds, on a machine too small for `costs`' extra
-    processes: parameters and disk size are counted; the RAM columns stay empty (not measured), never guessed."""
-    from . import models
+    processes: parameters, checkpoint dtype and disk size are counted; the memory columns stay empty (not measured),
+    never guessed."""
     from .train import count_params
 
     path = models.resolve(role, cfg, name)
     return {"role": role, "model": models.describe(path), "parameters": count_params(model)[1],
-            "disk MB": disk_mb(path), "RAM to load MB": None, "fine-tune LoRA MB": None, "fine-tune full MB": None,
-            "setting": "RAM not measured: small machine"}
+            "checkpoint dtype": models.checkpoint_dtype(path), "disk MB": disk_mb(path),
+            "memory measured": "not measured: small machine", "to load MB": None, "fine-tune LoRA MB": None,
+            "fine-tune full MB": None, "setting": "memory not measured: small machine"}
 
 
 def _measure_costs(role: str, method: str, name, profile, steps: int, batch: int, length: int) -> dict:
-    """Runs in its own process (see `costs`). RSS is sampled by ftkit.train.PeakMemory."""
+    """Runs in its own process (see `costs`): on the GPU if there is one (torch's allocated bytes), else on the CPU
+    (process RSS sampled by ftkit.train.PeakMemory). The model loads in float32, as every model ftkit trains."""
+    from contextlib import nullcontext
+    from pathlib import Path
+
     from peft import LoraConfig, get_peft_model
 
-    from . import models
     from .env import get_profile, quiet_logs
-    from .train import PeakMemory, count_params
+    from .train import PeakMemory, count_params, memory_estimate, mixed_precision
 
     quiet_logs()
     cfg = get_profile(profile)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     path = models.resolve(role, cfg, name)
 
     def load():
-        if role in ("causal", "judge"):
-            return models.load_causal(cfg, name, role)[0], instruct.LORA_TARGETS
-        return models.load_classifier(["a", "b"], cfg, name), ["query", "key", "value", "dense"]
+        if role in ("causal", "judge"):     # to be trained: the causal loader's float32, for the judge's model too
+            return models.load_causal(cfg, path)[0]
+        return models.load_classifier(["a", "b"], cfg, name)
 
-    with PeakMemory() as loading:
-        model, targets = load()
+    with PeakMemory(device) as loading:
+        model = load().to(device)
         with torch.no_grad():       # safetensors maps the file lazily: one forward pass reads every weight
-            model(input_ids=torch.randint(100, 1000, (1, 16)))
+            model(input_ids=models.on_device(torch.randint(100, 1000, (1, 16)), model))
+    folder = path if Path(path).is_dir() else models.cached_hub_snapshot(path)
     total = count_params(model)[1]
     row = {"role": role, "model": models.describe(path), "parameters": total,
-           "disk MB": disk_mb(path), "RAM to load MB": loading.peak_mb}
+           "checkpoint dtype": models.checkpoint_dtype(folder) if folder else None,
+           "disk MB": disk_mb(folder) if folder else None,
+           "memory measured": "GPU: torch allocated" if device == "cuda" else "process RAM (RSS)",
+           "to load MB": loading.peak_mb}
     ids = torch.randint(100, 1000, (batch, length))
-    labels = ids if role in ("causal", "judge") else torch.zeros(batch, dtype=torch.long)
+    batch_inputs = models.on_device({"input_ids": ids, "labels": ids if role in ("causal", "judge")
+                                     else torch.zeros(batch, dtype=torch.long)}, model)
+    precision = mixed_precision(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16 if precision["bf16"] else torch.float16) \
+        if device == "cuda" else nullcontext()
 
     def train_steps(m):
         opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
         m.train()
-        with PeakMemory() as peak:
+        with PeakMemory(device) as peak:
             for _ in range(steps):
-                m(input_ids=ids, labels=labels).loss.backward()
+                with autocast:
+                    loss = m(**batch_inputs).loss
+                loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
         del opt
         return peak.peak_mb
 
     if method == "LoRA":
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=targets))
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32,
+                                                 target_modules=models.lora_targets(model, "all-linear")))
     row["trainable"] = count_params(model)[0]
+    estimate = memory_estimate(model, batch, length, mixed_precision=device == "cuda")
     row[f"fine-tune {method} MB"] = train_steps(model)
-    row["setting"] = f"{steps} AdamW steps, batch {batch} x {length} tokens, fp32"
+    row[f"estimate: fine-tune {method} MB"] = estimate["total MB"] - estimate["weights MB"]   # above the loaded model
+    row["setting"] = (f"{steps} AdamW steps, batch {batch} x {length} tokens, float32 weights"
+                      + (f", {'bf16' if precision['bf16'] else 'fp16'} autocast on the GPU" if device == "cuda" else
+                         ", on the CPU"))
     return row
 
 

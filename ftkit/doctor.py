@@ -1,25 +1,80 @@
 """`ftkit doctor`: is this machine ready for the course? [OK]/[WARN]/[FAIL] per check, exit 1 on a FAIL."""
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-REQUIRED = ["torch", "transformers", "datasets", "evaluate", "peft", "setfit", "sentence-transformers",
+REQUIRED = ["torch", "transformers", "datasets", "evaluate", "peft", "trl", "setfit", "sentence-transformers",
             "accelerate", "ipywidgets", "plotly", "scikit-learn", "seqeval", "rouge-score", "gguf"]
 MIN_RAM_GB, MIN_DISK_GB = 1.5, 1.0
+MIN_PYTHON = (3, 11)  # the pinned transformers, trl, numpy and pandas need it
+
+
+def constraints_path() -> Path | None:
+    """The constraints.txt to compare with: FTKIT_CONSTRAINTS, else a checkout's (next to the package), else the
+    working folder's (where the Colab install cell downloads it)."""
+    named = os.environ.get("FTKIT_CONSTRAINTS")
+    for path in ([Path(named)] if named else []) + [Path(__file__).resolve().parent.parent / "constraints.txt",
+                                                     Path.cwd() / "constraints.txt"]:
+        if path.is_file():
+            return path
+    return None
+
+
+def pinned_versions(path) -> dict:
+    """{package: version} from the `name==version` lines of a pip constraints file."""
+    pins = {}
+    for line in Path(path).read_text().splitlines():
+        m = re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s#;]+).*", line)
+        if m:
+            pins[m.group(1).lower()] = m.group(2)
+    return pins
+
+
+def version_differences(pins: dict) -> list[str]:
+    """"name installed (tested: pinned)" for every pinned package installed in another version; packages that are
+    not installed (optional extras such as playwright) are not compared. A local build tag (torch's +cpu, +cu121)
+    is not a difference."""
+    out = []
+    for name, wanted in sorted(pins.items()):
+        try:
+            have = version(name)
+        except PackageNotFoundError:
+            continue
+        if have.split("+")[0] != wanted.split("+")[0]:
+            out.append(f"{name} {have} (tested: {wanted})")
+    return out
+
+
+def _versions_check():
+    path = constraints_path()
+    if path is None:
+        return "versions", None, "constraints.txt not found: installed versions not compared with the tested ones"
+    pins = pinned_versions(path)
+    differ = version_differences(pins)
+    if differ:
+        return "versions", None, (f"{len(differ)} differ from {path.name}: {'; '.join(differ)}. The tested versions "
+                                  f"install with pip's -c {path} (as `make install` and the Colab install cell do); "
+                                  "restart the kernel after")
+    return "versions", True, f"as tested ({path})"
 
 
 def _checks(load_models: bool):
     from . import env, models
 
-    yield "python", sys.version_info >= (3, 10), sys.version.split()[0]
+    python_ok = sys.version_info >= MIN_PYTHON
+    yield "python", python_ok, sys.version.split()[0] + ("" if python_ok else " (the course needs Python >= 3.11)")
     for name in REQUIRED:
         try:
             yield name, True, version(name)
         except PackageNotFoundError:
             yield name, False, f"not installed: pip install -e . -c constraints.txt"
+    yield _versions_check()
     import psutil
 
     ram = psutil.virtual_memory().total / 2**30

@@ -96,7 +96,7 @@ class Profile:
 ONLINE_MODELS = {
     "encoder": "distilbert-base-uncased",  # has its masked-LM head, unlike the packaged MiniLM
     "sentence": "sentence-transformers/all-MiniLM-L6-v2",
-    "causal": "HuggingFaceTB/SmolLM2-135M",
+    "causal": "HuggingFaceTB/SmolLM2-135M-Instruct",  # sessions 00, 05 and 07 ask it questions in its chat template
     "judge": "HuggingFaceTB/SmolLM2-1.7B-Instruct",  # an LLM judge needs to be much stronger than what it grades
 }
 # Offline the only packaged LM is the 135M instruct model, so it is also the judge (session 05 measures how
@@ -153,6 +153,7 @@ class Setup:
     seed: int
     in_colab: bool
     memory_limit_mb: float | None = None  # what this process may use: the cgroup limit or the available RAM
+    live: bool = False  # train every sweep now instead of drawing its recording (see ftkit.results.sweep_rows)
 
     @property
     def small_memory(self) -> bool:
@@ -192,7 +193,11 @@ def seed_everything(seed: int) -> None:
 
 
 def quiet_logs() -> None:
-    """Keep the notebook readable: warnings that a learner cannot act on are hidden."""
+    """Keep the notebook readable: warnings that a learner cannot act on are hidden.
+
+    `datasets` progress bars are off too: on the course's data (a few thousand rows at most) each one is done in a
+    second or so and leaves a line behind (measured: tokenizing 4,132 rotten_tomatoes rows in the cpu profile, 3 s
+    for three splits). The Trainer's bar, the sign of life during a long training, stays."""
     import logging
     import warnings
 
@@ -207,6 +212,12 @@ def quiet_logs() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()        # datasets.enable_progress_bars() brings them back
     except ImportError:
         pass
 
@@ -277,10 +288,24 @@ def memory_limit_mb(paths=_CGROUP_FILES) -> float | None:
     return min(limits) if limits else None
 
 
-def setup(profile: str | None = None, seed: int = 42, verbose: bool = True) -> Setup:
-    """The first call of every notebook: profile, device, offline state, seeds, quiet logs, widgets."""
+def live_switch(live: bool | None = None) -> bool:
+    """`live` if given, else the FTKIT_LIVE environment variable (1/true/yes/on or 0/false/no/off; unset: off)."""
+    if live is not None:
+        return bool(live)
+    text = os.environ.get("FTKIT_LIVE", "").strip().lower()
+    if text and text not in _TRUE | {"0", "false", "no", "off"}:
+        raise ValueError(f"FTKIT_LIVE={text!r} is neither on nor off; use 1 or 0")
+    return text in _TRUE
+
+
+def setup(profile: str | None = None, seed: int = 42, verbose: bool = True, live: bool | None = None) -> Setup:
+    """The first call of every notebook: profile, device, offline state, seeds, quiet logs, widgets.
+
+    `live=True` (or FTKIT_LIVE=1) trains every sweep a notebook would otherwise draw from its recording
+    (`ftkit.results.sweep_rows`); None reads FTKIT_LIVE."""
     offline = ensure_offline_mode()
     prof = get_profile(profile)
+    live = live_switch(live)
     quiet_logs()
     seed_everything(seed)
     import torch
@@ -291,12 +316,13 @@ def setup(profile: str | None = None, seed: int = 42, verbose: bool = True) -> S
         from google.colab import output  # type: ignore
 
         output.enable_custom_widget_manager()  # ipywidgets 8 needs it in Colab
-    cfg = Setup(prof, device, offline, seed, colab, memory_limit_mb())
+    cfg = Setup(prof, device, offline, seed, colab, memory_limit_mb(), live)
     if verbose:
         versions = " ".join(f"{k}={v}" for k, v in library_versions().items())
         memory = "unknown" if cfg.memory_limit_mb is None else f"{cfg.memory_limit_mb / 1024:.1f} GB"
         print(f"ftkit profile={prof.name} device={device} offline={offline} seed={seed} memory={memory}"
               + (" (small: training runs in micro-batches of 8 and the notebooks use their memory-saving settings)"
-                 if cfg.small_memory else ""))
+                 if cfg.small_memory else "")
+              + (" live (every sweep is trained here, none is read from its recording)" if cfg.live else ""))
         print(f"versions: {versions}")
     return cfg

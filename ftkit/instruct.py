@@ -20,6 +20,8 @@ from functools import lru_cache
 
 import torch
 
+from . import models
+
 COLUMNS = ("instruction", "response")
 TEMPLATE = "### Instruction:\n{instruction}\n{context_block}### Response:\n"  # Alpaca-style
 TEMPLATES = ("alpaca", "chat")
@@ -60,6 +62,9 @@ def quality_flags(rows) -> list[dict]:
 
     Near-empty means fewer than 2 letters or digits: one-word answers ("Vermeer", "2013") are often right."""
     import numpy as np
+
+    if len(rows) == 0:
+        raise ValueError("no rows to check: the quality checks need at least one instruction/response row")
 
     lengths = np.array([len(words(r["response"])) for r in rows])
     q1, q3 = np.percentile(lengths, [25, 75])
@@ -147,10 +152,39 @@ def label_example(row, tokenizer, template: str = "alpaca", max_length: int | No
 
 
 def tokenize_instructions(ds, tokenizer, max_length: int, template: str = "alpaca"):
-    """`label_example` over a Dataset or DatasetDict; the text columns are dropped."""
+    """`label_example` over a Dataset or DatasetDict; the text columns are dropped.
+
+    A row whose prompt fills `max_length` keeps no response token: it has nothing to learn or score. A split where
+    that is every row is a ValueError; otherwise the number of such rows is printed once per split."""
     check_instruction_data(ds)
     cols = next(iter(ds.values())).column_names if hasattr(ds, "values") else ds.column_names
-    return ds.map(lambda row: label_example(row, tokenizer, template, max_length), remove_columns=cols)
+    out = ds.map(lambda row: label_example(row, tokenizer, template, max_length), remove_columns=cols)
+    for split, part in (out.items() if hasattr(out, "items") else [("data", out)]):
+        report_lost_responses(sum(all(l == -100 for l in labels) for labels in part["labels"]), len(part),
+                              max_length, f"split {split!r}")
+    return out
+
+
+def report_lost_responses(lost: int, rows: int, max_length: int, what: str, hint: str = "") -> None:
+    """Say how many rows lost every response token to `max_length`: a ValueError when all did (nothing is left to
+    learn or score), one printed line when some did. `hint` says what max_length would keep them."""
+    if rows == 0:
+        raise ValueError(f"{what} has no rows")
+    if lost == 0:
+        return
+    hint = hint or "raise max_length, or drop the rows with the longest prompts"
+    if lost == rows:
+        raise ValueError(f"{what}: max_length={max_length} cuts every response off: all {rows} rows lose every "
+                         f"response token (their prompts alone fill max_length), so nothing is left to learn or "
+                         f"score; {hint}")
+    note = (f"[ftkit] {what}: {lost} of {rows} rows lose every response token at max_length={max_length} and add "
+            f"nothing to the loss; {hint}")
+    if note not in _NOTES_SHOWN:        # once: a recipe checks its data before training, and training checks again
+        _NOTES_SHOWN.add(note)
+        print(note)
+
+
+_NOTES_SHOWN: set = set()
 
 
 def label_table(example: dict, tokenizer):
@@ -165,6 +199,8 @@ def hand_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy by hand: position t predicts token t+1; -100 labels are skipped."""
     logits, labels = logits[:, :-1, :], labels[:, 1:]
     keep = labels != -100
+    if not keep.any():
+        raise ValueError("every label is -100: no response token to compute a loss on (raise max_length?)")
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return -(picked[keep]).mean()
@@ -176,6 +212,9 @@ def token_lengths(ds, tokenizer, template: str = "alpaca") -> list[int]:
 
 def padding_waste(lengths, batch_size: int, max_length: int, seed: int = 0) -> dict:
     """Share of pad tokens when every batch is padded to max_length vs to its own longest row."""
+    if len(lengths) == 0 or batch_size < 1 or max_length < 1:
+        raise ValueError(f"padding_waste needs rows, a batch size >= 1 and max_length >= 1; got {len(lengths)} rows, "
+                         f"batch_size={batch_size}, max_length={max_length}")
     lengths = [min(n, max_length) for n in lengths]
     order = list(range(len(lengths)))
     random.Random(seed).shuffle(order)
@@ -197,7 +236,8 @@ def held_out_loss(model, dataset, tokenizer, batch_size: int | None = None) -> f
     """Mean token loss on the responses of a held-out split (tokenized with `tokenize_instructions`).
 
     Batches of 8, or of 1 on a small-memory machine: the logits over the 49,152-token vocabulary take 200 MB per
-    1,000 tokens, and the loss holds a few copies of them."""
+    1,000 tokens, and the loss holds a few copies of them.
+    A split with no response token left (every response cut off by max_length) is a ValueError, not a number."""
     from torch.utils.data import DataLoader
 
     from .env import is_small
@@ -209,13 +249,15 @@ def held_out_loss(model, dataset, tokenizer, batch_size: int | None = None) -> f
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=causal_collator(tokenizer))
     with torch.no_grad():
         for batch in loader:
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            n = int((batch["labels"][:, 1:] != -100).sum())
+            n = int((batch["labels"][:, 1:] != -100).sum())         # counted on the CPU, before the move
             if n == 0:          # every response cut off by max_length: nothing to score (the model's mean is 0/0)
                 continue
-            total += float(model(**batch).loss) * n
+            total += float(model(**models.on_device(batch, model)).loss) * n
             count += n
-    return total / max(count, 1)
+    if count == 0:
+        raise ValueError(f"none of the {len(dataset)} held-out rows has a response token to score (each was cut off "
+                         "by max_length, or the split is empty); tokenize with a larger max_length")
+    return total / count
 
 
 # --------------------------------------------------------------------------- training with trl
@@ -233,6 +275,63 @@ def sft_dataset(ds, template: str = "alpaca"):
     return ds.map(convert, remove_columns=ds.column_names)
 
 
+def prompt_token_counts(sft_rows, tokenizer, rows=None) -> list[int]:
+    """Tokens before the first response token, per row of `sft_dataset(...)` (or the rows numbered in `rows`),
+    counted the way trl's SFTTrainer counts them (trl 1.x, `SFTTrainer._prepare_dataset`): it tokenizes the prompt
+    alone and the prompt + completion (`tokenizer(text)`, or the chat template for messages; a plain completion gets
+    EOS appended), and the completion starts where the two first differ."""
+    from trl.data_utils import common_prefix_length
+
+    rows = range(len(sft_rows)) if rows is None else rows
+    counts = []
+    for i in rows:
+        prompt, completion = sft_rows[i]["prompt"], sft_rows[i]["completion"]
+        if isinstance(prompt, list):            # conversational ("chat"): messages through the chat template
+            p_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True)["input_ids"]
+            full = tokenizer.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
+        else:
+            eos = tokenizer.eos_token
+            p_ids = tokenizer(text=prompt)["input_ids"]
+            full = tokenizer(text=prompt + completion + ("" if completion.endswith(eos) else eos))["input_ids"]
+        counts.append(common_prefix_length(p_ids, full))
+    return counts
+
+
+def rows_without_response(sft_rows, tokenizer, max_length: int) -> list[int]:
+    """Rows of `sft_dataset(...)` that keep no response token when cut to their first `max_length` tokens (trl's
+    truncation, `truncation_mode="keep_start"`); trl drops them from training. Exact, and cheap: the prompts are
+    tokenized in one batch, and only rows whose prompt alone reaches `max_length` are counted as trl counts them."""
+    prompts = list(sft_rows["prompt"])
+    if prompts and isinstance(prompts[0], list):
+        alone = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True,
+                                              return_dict=True)["input_ids"]
+    else:
+        alone = tokenizer(text=prompts)["input_ids"]
+    # trl's prompt length is the common prefix with prompt + completion, at most the prompt alone
+    maybe = [i for i, ids in enumerate(alone) if len(ids) >= max_length]
+    return [i for i, n in zip(maybe, prompt_token_counts(sft_rows, tokenizer, maybe)) if n >= max_length]
+
+
+def check_responses_fit(sft_rows, tokenizer, max_length: int | None) -> int:
+    """How many training rows lose every response token to `max_length` (see `rows_without_response`); a
+    ValueError when that is every row, naming the max_length that would keep a response token in every row
+    (and in 90% of them). Returns the count (0: every row has something to learn)."""
+    if len(sft_rows) == 0:
+        raise ValueError("the training data has no rows")
+    if max_length is None:
+        return 0
+    lost = rows_without_response(sft_rows, tokenizer, max_length)
+    if not lost:
+        return 0
+    counts = sorted(prompt_token_counts(sft_rows, tokenizer))
+    keep_all, keep_most = counts[-1] + 1, counts[-(-9 * len(counts) // 10) - 1] + 1   # every row; at least 90%
+    hint = f"max_length={keep_all} keeps at least one response token in every row" + \
+        (f" ({keep_most} in 90% of them)" if keep_most < keep_all else "")
+    report_lost_responses(len(lost), len(sft_rows), max_length, "training data", hint)
+    return len(lost)
+
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -243,6 +342,10 @@ def sft(model, tokenizer, train_rows, cfg, *, name: str, template: str = "alpaca
     `lora_rank=None` trains every weight; a rank trains LoRA adapters (alpha 2 x rank unless given) on the
     attention and MLP projections (or `lora_targets`) instead; peft injects them into `model` in place.
     Returns a RunResult.
+
+    trl cuts each row to its first `max_length` tokens and drops the rows left with no response token. Before
+    training, `check_responses_fit` counts them exactly: when it is every row, a ValueError names the max_length
+    that keeps them; when it is some, one line says how many and `extra["rows without response tokens"]` records it.
     """
     from trl import SFTConfig, SFTTrainer
 
@@ -256,10 +359,15 @@ def sft(model, tokenizer, train_rows, cfg, *, name: str, template: str = "alpaca
             raise ValueError(f"lora_rank must be a positive integer or None (full fine-tuning), got {lora_rank!r}")
         peft_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank, lora_dropout=0.0,
                                  task_type="CAUSAL_LM", target_modules=list(lora_targets or LORA_TARGETS))
-    return fit(model, sft_dataset(train_rows, template), None, cfg, name=name, tokenizer=tokenizer,
-               trainer_class=SFTTrainer, args_class=SFTConfig, trainer_kwargs={"peft_config": peft_config},
-               max_length=max_length, completion_only_loss=True, packing=False,
-               **arg_overrides)
+    rows = sft_dataset(train_rows, template)
+    lost = check_responses_fit(rows, tokenizer, max_length)
+    result = fit(model, rows, None, cfg, name=name, tokenizer=tokenizer,
+                 trainer_class=SFTTrainer, args_class=SFTConfig, trainer_kwargs={"peft_config": peft_config},
+                 max_length=max_length, completion_only_loss=True, packing=False,
+                 **arg_overrides)
+    if lost:
+        result.extra["rows without response tokens"] = lost
+    return result
 
 
 # --------------------------------------------------------------------------- generation
@@ -289,7 +397,8 @@ def complete(model, tokenizer, texts, max_new_tokens: int = 48, batch_size: int 
     try:
         for start in range(0, len(texts), batch_size):
             enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(model.device)
+                            add_special_tokens=False)
+            enc = models.on_device(enc, model)
             with torch.no_grad():
                 ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id)
@@ -316,16 +425,29 @@ def side_by_side(instruction: str, answers: dict):
 
 
 # --------------------------------------------------------------------------- evaluation
+def check_pairs(predictions, references) -> None:
+    """One reference per prediction, and at least one: zip would silently score fewer, and a mean over none is no
+    number."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} answers but {len(references)} references; they must pair up")
+    if len(predictions) == 0:
+        raise ValueError("no answers to score")
+
+
 def rouge_scores(predictions, references) -> list[dict]:
     """ROUGE-1/2/L F1 per answer, with ftkit's offline rouge module."""
     from . import metrics
 
+    predictions, references = list(predictions), list(references)
+    check_pairs(predictions, references)
     rouge = metrics.load("rouge")
     return [rouge.compute(predictions=[p], references=[r]) for p, r in zip(predictions, references)]
 
 
 def embedding_similarity(sentence_model, predictions, references) -> list[float]:
     """Cosine similarity between each answer's and its reference's sentence embedding."""
+    predictions, references = list(predictions), list(references)
+    check_pairs(predictions, references)
     a = sentence_model.encode(list(predictions), convert_to_tensor=True, normalize_embeddings=True)
     b = sentence_model.encode(list(references), convert_to_tensor=True, normalize_embeddings=True)
     return (a * b).sum(-1).tolist()
@@ -452,6 +574,8 @@ def judge_pairs(judge, tokenizer, instructions, references, kinds=CORRUPTIONS, s
 
 def judge_reliability(pairs) -> dict:
     """Summary of `judge_pairs`: accuracy over both orders, self-agreement, and the share of 'A' picks."""
+    if len(pairs) == 0:
+        raise ValueError("no judged pairs: judge_pairs needs at least one instruction and reference")
     picks = pairs[["pick (ref=A)", "pick (ref=B)"]].to_numpy().ravel()
     parsed = [p for p in picks if p is not None]
     return {"pairs": len(pairs), "prefers reference %": 100 * pairs["prefers reference"].sum() / (2 * len(pairs)),
@@ -551,6 +675,9 @@ def parse_sentiment(answer: str) -> str | None:
 
 def sentiment_accuracy(model, tokenizer, rows, template: str = "alpaca") -> dict:
     """Accuracy of the generated, parsed label; an unparsed answer counts as wrong and is reported."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no sentiment rows to score")
     parsed = [parse_sentiment(a) for a in generate(model, tokenizer, rows, max_new_tokens=8, template=template,
                                                      batch_size=16)]
     right = sum(p == r["response"] for p, r in zip(parsed, rows))
@@ -559,6 +686,8 @@ def sentiment_accuracy(model, tokenizer, rows, template: str = "alpaca") -> dict
 
 def general_accuracy(model, tokenizer, template: str = "alpaca", questions=GENERAL_QUESTIONS) -> dict:
     """Share of the general questions whose generated answer contains an accepted answer."""
+    if not questions:
+        raise ValueError("no questions to ask")
     answers = generate(model, tokenizer, [{"instruction": q} for q, _ in questions], max_new_tokens=16,
                        template=template, batch_size=10)
     hits = [any(re.search(rf"\b{re.escape(k)}\b", a.lower()) for k in keys) for a, (_, keys) in zip(answers, questions)]

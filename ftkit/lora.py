@@ -3,7 +3,8 @@
 - `lora_counts` and `low_rank_errors`: the low-rank idea in numbers.
 - `LoRALinear`: LoRA from scratch, a frozen nn.Linear plus a trainable B @ A scaled by alpha / r.
 - `BottleneckAdapter` and `add_adapters`: down-projection, non-linearity, up-projection, residual.
-- `peft_lora`: the same idea with the `peft` library, on named target modules.
+- `peft_lora`: the same idea with the `peft` library, on named target modules; a classifier's new head
+  (`head_modules`) is trained and saved with the adapter.
 - `checkpoint_bytes`: what a checkpoint costs on disk, whole model vs trained part only.
 
 The instruction-data helpers (prompt, tokenizing, collator, held-out loss, generation) live in
@@ -19,9 +20,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-ATTENTION = {"bert": ["query", "value"],
-             "llama": ["q_proj", "v_proj"]}  # the LoRA paper's choice and peft's Llama default
-MLP = {"bert": ["intermediate.dense", "output.dense"], "llama": ["gate_proj", "up_proj", "down_proj"]}
+from .models import ARCHITECTURES, lora_targets  # noqa: F401  (targets are chosen from the model: lora_targets)
+
+# By model family (config.model_type), from the one table in ftkit.models; pick them from a model with
+# `lora_targets(model, "attention")`, which reads its type.
+ATTENTION = {kind: list(a.attention) for kind, a in ARCHITECTURES.items()}  # the LoRA paper's choice (q and v)
+MLP = {kind: list(a.mlp) for kind, a in ARCHITECTURES.items()}
 FFN_OUT = ("output.dense", "ffn.lin2", "mlp.down_proj", "mlp.c_proj")  # a block's feed-forward output
 
 
@@ -87,14 +91,38 @@ def matching_modules(model, targets) -> list[str]:
 
 
 def add_lora(model, targets, r: int = 8, alpha: float = 16) -> list[str]:
-    """Freeze `model` and wrap every Linear named in `targets` with a LoRALinear; returns the names."""
+    """Freeze `model` and wrap every Linear named in `targets` with a LoRALinear; returns the names.
+    A classification model's new head (`head_modules`) stays trainable: frozen, it would stay random."""
     names = matching_modules(model, targets)
     for p in model.parameters():
         p.requires_grad = False
     for name in names:
         parent, child = _parent(model, name)
         setattr(parent, child, LoRALinear(getattr(parent, child), r, alpha))
+    for head in head_modules(model):
+        for p in model.get_submodule(head).parameters():
+            p.requires_grad = True
     return names
+
+
+def head_modules(model) -> list[str]:
+    """The task head of a classification model: its top-level modules with weights outside the pretrained base model
+    (`model.base_model_prefix`), found by the model's own names: BERT `classifier`, DistilBERT `pre_classifier` and
+    `classifier`, Llama `score`. `from_pretrained` creates them at random for a new label set, so they must train.
+
+    [] for any other model: a language model's output layer is pretrained (and often tied to the input embeddings),
+    so it is not a fresh head."""
+    from transformers.models.auto import modeling_auto as auto
+
+    task_heads = (auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+                  auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+                  auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES, auto.MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES)
+    classes = {c for mapping in task_heads for v in mapping.values() for c in ([v] if isinstance(v, str) else v)}
+    if type(model).__name__ not in classes:
+        return []
+    base = getattr(model, "base_model_prefix", "")
+    return [name for name, child in model.named_children()
+            if name != base and any(True for _ in child.parameters())]
 
 
 def _parent(model, name):
@@ -143,14 +171,19 @@ def add_adapters(model, bottleneck: int = 32) -> list[str]:
 def peft_lora(model, targets, r: int = 8, alpha: float = 16, task_type: str | None = None, keep=()):
     """Wrap `model` with peft LoRA on the named targets (validated first, for a clear error).
 
-    `keep` lists modules that are trained fully and saved with the adapter (e.g. a new classifier head).
+    A classification model's head (`head_modules`: e.g. BERT `classifier`, DistilBERT `pre_classifier` and
+    `classifier`, Llama `score`) is new and random, so it is always trained fully and saved with the adapter
+    (peft's `modules_to_save`): frozen, LoRA would learn against a fixed random head, and a reloaded adapter would
+    meet another random head. `keep` names further modules to train fully and save.
     """
     from peft import LoraConfig, get_peft_model
 
     first = model.get_submodule(matching_modules(model, targets)[0])
     check_rank(r, first.out_features, first.in_features)
+    heads = head_modules(model)
+    save = heads + [k for k in keep if k not in heads]
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets),
-                        task_type=task_type, modules_to_save=list(keep) or None)
+                        task_type=task_type, modules_to_save=save or None)
     return get_peft_model(model, config)
 
 

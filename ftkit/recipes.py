@@ -47,7 +47,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--frozen", type=int, default=0, help="classify/ner: bottom transformer blocks to freeze")
     m.add_argument("--lora-rank", type=int, help="classify/sft: train LoRA adapters of this rank instead")
     m.add_argument("--lora-alpha", type=float, help="LoRA scaling numerator (default: 2 x rank)")
-    m.add_argument("--lora-targets", help="comma-separated module names (default: the attention projections)")
+    m.add_argument("--lora-targets", help="comma-separated module names (default, by the model's architecture: "
+                   "classify the attention's query and value projections, sft every linear layer of a block)")
     m.add_argument("--scheme", choices=("token", "whole_word"), help="mlm: masking scheme (default whole_word)")
     m.add_argument("--epochs", type=float)
     m.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
@@ -55,8 +56,9 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--batch-size", type=int, help="per process (per GPU)")
     m.add_argument("--max-length", type=int)
     m.add_argument("--seed", type=int, default=42)
-    m.add_argument("--dropout", type=float, help="classify/ner: the encoder's dropout probability (0 turns it off: "
-                   "a deterministic run, e.g. to check that a distributed run matches one process)")
+    m.add_argument("--dropout", type=float, help="classify/ner: every dropout probability of the encoder and its "
+                   "head, under the architecture's own config names (0 turns it off: a deterministic run, e.g. to "
+                   "check that a distributed run matches one process)")
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", required=True)
     o.add_argument("--overwrite", action="store_true", help="replace a different run in --output-dir")
@@ -189,14 +191,38 @@ def load_task_data(args):
     for mine, theirs in wanted.items():
         if mine != theirs:
             ds = ds.rename_column(mine, theirs)
-    if args.task == "classify" and isinstance(ds["train"][0]["label"], str):
-        ds = ds.class_encode_column("label")          # string labels become class ids, names kept
+    if args.task == "classify":                  # string labels: one mapping for every split (not per split)
+        ds = data.encode_label_column(ds)
     if args.task == "sft" and "context" not in ds["train"].column_names:
         ds = ds.map(lambda r: {"context": ""})
     return ds
 
 
 # --------------------------------------------------------------------------- the recipes
+def ner_labels(ds) -> list[str]:
+    """The tagger's labels: O, then B-/I- for each entity type of the training split."""
+    from . import ner
+
+    return ner.label_list(sorted({t[2:] for tags in ds["train"]["tags"] for t in tags if t != "O"}))
+
+
+def check_task_data(args, cfg, ds) -> None:
+    """What would stop the run part-way, checked before anything is written: for ner, IOB2 in every split and every
+    tag in the training split's tag set; for sft, a response token left after --max-length in the training rows and
+    in the held-out rows."""
+    from . import data, instruct, models, ner
+
+    if args.task == "ner":
+        for split in ds:
+            for i, tags in enumerate(ds[split]["tags"]):
+                data.validate_iob2(tags, where=f"{split} row {i}: ")
+        ner.check_tags(ds, {n: i for i, n in enumerate(ner_labels(ds))})
+    if args.task == "sft":
+        tok = models.load_tokenizer("causal", cfg)
+        instruct.check_responses_fit(instruct.sft_dataset(ds["train"]), tok, cfg.max_length)
+        instruct.tokenize_instructions(ds["test"], tok, cfg.max_length)
+
+
 def run_profile(args, cfg):
     """The notebook profile, with the user's flags and the resolved model written into it."""
     from . import models
@@ -217,10 +243,11 @@ def run_profile(args, cfg):
 
 def train_task(args, cfg, ds, overrides: dict):
     """Run the task's ftkit function; returns (RunResult, tokenizer)."""
-    from . import data, instruct, lora, metrics, models, ner, train, tuning
+    from . import instruct, lora, metrics, models, ner, train, tuning
 
-    dropout = {} if args.dropout is None else {"config_overrides": {
-        "hidden_dropout_prob": args.dropout, "attention_probs_dropout_prob": args.dropout}}
+    # the model family's own dropout keys (BERT hidden_dropout_prob..., DistilBERT dropout...), read from its config
+    dropout = {} if args.dropout is None else {"config_overrides": models.dropout_config(
+        args.dropout, cfg.profile.models[ROLE[args.task]])}
     if args.task == "classify":
         encoded, tok = tuning.tokenize(ds, cfg)
         feature = ds["train"].features["label"]
@@ -230,17 +257,13 @@ def train_task(args, cfg, ds, overrides: dict):
             return tuning.fine_tune(cfg, encoded, tok, names, n_frozen=args.frozen, name="classify", **dropout,
                                     **overrides), tok
         model = models.load_classifier(names, cfg, **dropout.get("config_overrides", {}))
-        targets = args.lora_targets.split(",") if args.lora_targets else ["query", "value"]
+        targets = args.lora_targets.split(",") if args.lora_targets else models.lora_targets(model, "attention")
         model = lora.peft_lora(model, targets, r=args.lora_rank, alpha=args.lora_alpha or 2 * args.lora_rank,
                                task_type="SEQ_CLS")
         return train.fit(model, encoded["train"], encoded["test"], cfg, name="classify LoRA", tokenizer=tok,
                          compute_metrics=metrics.compute_classification, **overrides), tok
     if args.task == "ner":
-        types = sorted({t[2:] for tags in ds["train"]["tags"] for t in tags if t != "O"})
-        for split in ds:
-            for i, tags in enumerate(ds[split]["tags"]):
-                data.validate_iob2(tags, types if split == "train" else None, where=f"{split} row {i}: ")
-        names = ner.label_list(types)
+        names = ner_labels(ds)              # checked in every split by check_task_data
         tok = models.load_tokenizer("encoder", cfg)
         encoded = ner.tokenize_and_align(ds, tok, {n: i for i, n in enumerate(names)}, max_length=cfg.max_length)
         result, _ = ner.train_tagger(cfg, encoded, tok, names, n_frozen=args.frozen, name="ner", **dropout,
@@ -254,9 +277,10 @@ def train_task(args, cfg, ds, overrides: dict):
                               max_length=cfg.max_length, name="mlm", **lr, **overrides)
         return result, models.load_tokenizer("encoder", cfg)
     model, tok = models.load_causal(cfg)
+    targets = args.lora_targets.split(",") if args.lora_targets else models.lora_targets(model, "all-linear")
     result = instruct.sft(model, tok, ds["train"], cfg, name="sft", lora_rank=args.lora_rank,
                           max_length=cfg.max_length, lora_alpha=args.lora_alpha,
-                          lora_targets=args.lora_targets.split(",") if args.lora_targets else None, **overrides)
+                          lora_targets=targets if args.lora_rank is not None else None, **overrides)
     held_out = instruct.tokenize_instructions(ds["test"], tok, cfg.max_length)
     result.metrics["held-out loss"] = instruct.held_out_loss(result.model, held_out, tok)
     return result, tok
@@ -306,6 +330,7 @@ def run(args) -> int:
         ds = for_profile(ds, cfg)
         if state.is_main_process:
             print(f"[ftkit] smoke profile: {len(ds['train'])} training and {len(ds['test'])} evaluation rows")
+    check_task_data(args, cfg, ds)
     config = {**run_config(args), "resolved model": cfg.profile.models[ROLE[args.task]], "profile": cfg.profile.name}
     checkpoint = prepare_output(args, config)
     state.wait_for_everyone()                   # all have looked at the folder before the main process writes

@@ -198,6 +198,157 @@ def measure(model=None, device: str = "cpu"):
                trainable_params=trainable, total_params=total)
 
 
+# --------------------------------------------------------------------------- precision and GPU memory
+def mixed_precision(device: str) -> dict:
+    """TrainingArguments' `fp16`/`bf16` flags for `device`. The weights stay float32 (the optimizer's master copy);
+    on a GPU the Trainer runs forward and backward in 16 bits (autocast): bf16 where the GPU has bfloat16 units
+    (compute capability 8 or more: A100, L4, H100), fp16 with loss scaling elsewhere (a T4). On a CPU neither:
+    explicitly, since trl's SFTConfig turns bf16 autocast on whenever fp16 is off, and on a CPU without bf16 units
+    that emulation made every SFT step several times slower (measured: backward 44 s vs 7 s)."""
+    if device != "cuda":
+        return {"fp16": False, "bf16": False}
+    import torch
+
+    bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    return {"fp16": not bf16, "bf16": bf16}
+
+
+def check_trainable_float32(model) -> None:
+    """A ValueError when a weight that will be trained is not float32. A bfloat16 weight rounds most updates of a
+    small learning rate away (about 92% of SmolLM2's entries would not move at 5e-5), and fp16 mixed precision cannot
+    unscale bfloat16 gradients. Frozen weights (LoRA's base) may be in any dtype."""
+    import torch
+
+    wrong = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
+                    if p.requires_grad and p.dtype != torch.float32})
+    if wrong:
+        raise ValueError(f"{type(model).__name__} has trainable weights in {', '.join(wrong)}; load it in float32 "
+                         "(ftkit.models does; with transformers: from_pretrained(..., dtype=torch.float32)). Mixed "
+                         "precision on a GPU comes from the Trainer, not from the weights")
+
+
+# Per token, block and hidden unit: the bytes the forward pass keeps for the backward pass, in float32. Counted, not
+# guessed: the tensors saved for backward by one training forward pass of the real configurations on PyTorch's meta
+# device (shapes only, no memory) came to 115 x hidden bytes per block for SmolLM2-135M and -360M, 92 for DistilBERT
+# and 120 for MiniLM at 128 tokens (which keeps its attention probabilities there); tests/test_train.py recounts them.
+# Under fp16/bf16 mixed precision most of them are 16-bit, so the rule is an upper bound on a GPU.
+ACTIVATION_BYTES = 128
+# Per token and vocabulary entry of a language-model head: the float32 logits, the log-softmax kept for the backward
+# pass, and its gradient (the README's "200 MB per 1,000 tokens", three times).
+LOGIT_BYTES = 12
+OPTIMIZER_BYTES = 12  # per trainable parameter besides the float32 weight itself: its gradient and two AdamW moments
+MB = 2**20
+
+
+def memory_estimate(model, batch: int = 1, length: int = 128, *, trainable: int | None = None,
+                    mixed_precision: bool = False, gradient_checkpointing: bool = False,
+                    vocab_logits: bool | None = None) -> dict:
+    """Memory of training `model` with AdamW on `batch` sequences of `length` tokens, in MB, by part:
+
+    * weights: each parameter in its own dtype (4 bytes in float32);
+    * gradients and optimizer: 12 bytes per trainable parameter (a float32 gradient and two AdamW moments), so a
+      trainable float32 parameter costs 16 bytes in all (Rajbhandari et al. 2020, ZeRO, section 3);
+    * autocast copies: under mixed precision, a 16-bit copy of the weights for the forward pass (2 bytes each);
+    * activations: tokens x blocks x hidden x `ACTIVATION_BYTES`; with gradient checkpointing only each block's
+      input (4 bytes per unit) plus one block recomputed at a time;
+    * logits: for a language-model head (causal or masked; `vocab_logits`, default: the model has one), tokens x
+      vocabulary x `LOGIT_BYTES`. For a 49,152-word vocabulary that is 590 KB per token: often the largest part.
+
+    `trainable` overrides the count read from `requires_grad` (e.g. LoRA's, before peft wraps the model).
+    Attention scores are not counted: transformers 5 uses PyTorch's fused attention (SDPA), which does not keep them.
+    `model` may live on the meta device (`with torch.device("meta"): AutoModel.from_config(config)`): only shapes
+    are read. Check the rule against a measurement: session 07's cost table puts both side by side.
+    """
+    if not isinstance(batch, int) or batch < 1 or not isinstance(length, int) or length < 1:
+        raise ValueError(f"batch and length must be positive whole numbers, got batch={batch!r}, length={length!r}")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config
+    seen, weights, counted = set(), 0, 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            weights += p.numel() * p.element_size()
+            counted += p.numel() if p.requires_grad else 0
+    trainable = counted if trainable is None else trainable
+    tokens, layers, hidden = batch * length, config.num_hidden_layers, config.hidden_size
+    if gradient_checkpointing:
+        activations = tokens * hidden * (layers * 4 + ACTIVATION_BYTES)
+    else:
+        activations = tokens * layers * hidden * ACTIVATION_BYTES
+    if vocab_logits is None:
+        vocab_logits = base.get_output_embeddings() is not None
+    parts = {"weights MB": weights, "gradients and optimizer MB": trainable * OPTIMIZER_BYTES,
+             "autocast copies MB": sum(p.numel() for p in base.parameters()) * 2 if mixed_precision else 0,
+             "activations MB": activations,
+             "logits MB": tokens * config.vocab_size * LOGIT_BYTES if vocab_logits else 0}
+    parts = {k: v / MB for k, v in parts.items()}
+    return {**parts, "total MB": sum(parts.values())}
+
+
+def memory_levers(model, batch: int, length: int, budget_mb: float, mixed_precision: bool = False,
+                  trainable: int | None = None) -> tuple[dict, dict]:
+    """How to train `batch` sequences of `length` tokens within `budget_mb`: (TrainingArguments overrides, estimate).
+
+    The largest micro-batch (a divisor of `batch`; gradient accumulation makes up the rest, so the updates stay the
+    same) whose `memory_estimate` fits, first without gradient checkpointing, then with it (a third more compute).
+    A ValueError when not even one sequence with checkpointing fits."""
+    divisors = [d for d in range(batch, 0, -1) if batch % d == 0]
+    for checkpointing in (False, True):
+        for micro in divisors:
+            est = memory_estimate(model, micro, length, trainable=trainable, mixed_precision=mixed_precision,
+                                  gradient_checkpointing=checkpointing)
+            if est["total MB"] <= budget_mb:
+                levers = {}
+                if micro < batch:
+                    levers.update(per_device_train_batch_size=micro, gradient_accumulation_steps=batch // micro)
+                if checkpointing:
+                    levers.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+                return levers, est
+    raise ValueError(f"training {type(model).__name__} on {length}-token sequences needs about "
+                     f"{est['total MB']:,.0f} MB even one sequence at a time with gradient checkpointing, and "
+                     f"{budget_mb:,.0f} MB are free; lower max_length, train LoRA instead, or free GPU memory")
+
+
+def gpu_budget_mb(model) -> float:
+    """GPU memory this training may use: 90% of what is free now, counting what torch's allocator holds cached from
+    earlier runs (free for this process to reuse), plus the model's weights if they already sit on the GPU (the
+    estimate counts them). The other 10% is left for the allocator's fragmentation."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info()
+    cached = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+    resident = sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type == "cuda")
+    return (0.9 * (free + cached) + resident) / MB
+
+
+def sequence_length(dataset, default: int) -> int:
+    """The longest tokenized example of `dataset` (its `input_ids`), or `default` (e.g. SFT's max_length) for text."""
+    if dataset is not None and "input_ids" in getattr(dataset, "column_names", ()):
+        return max(len(ids) for ids in dataset["input_ids"])
+    return default
+
+
+def gpu_memory_levers(model, train_ds, cfg, overrides: dict, trainable: int | None = None) -> dict:
+    """`overrides` plus the micro-batches and checkpointing (`memory_levers`) that fit this GPU's free memory.
+
+    The batch is the one the run asked for; a split is printed, since it changes the speed, not the updates."""
+    profile = getattr(cfg, "profile", cfg)
+    if overrides.get("gradient_checkpointing"):
+        return overrides
+    batch = overrides.get("per_device_train_batch_size", profile.batch_size)
+    length = sequence_length(train_ds, overrides.get("max_length", profile.max_length))
+    levers, est = memory_levers(model, batch, length, gpu_budget_mb(model), mixed_precision=True,
+                                trainable=trainable)
+    if levers:
+        accumulate = overrides.get("gradient_accumulation_steps", 1) * levers.get("gradient_accumulation_steps", 1)
+        print(f"[ftkit] GPU memory: batch {batch} x {length} tokens would need more than is free; training "
+              f"{levers.get('per_device_train_batch_size', batch)} at a time"
+              + (" with gradient checkpointing" if levers.get("gradient_checkpointing") else "")
+              + f" (estimate {est['total MB']:,.0f} MB; the same updates)")
+        levers["gradient_accumulation_steps"] = accumulate
+    return {**overrides, **levers}
+
+
 # --------------------------------------------------------------------------- Trainer
 SMALL_MEMORY_MICRO_BATCH = 8  # examples per forward/backward pass on a small machine (see small_memory_batches)
 
@@ -238,10 +389,7 @@ def training_args(cfg, output_dir: str | None = None, args_class=None, micro_bat
         disable_tqdm=False,
         seed=getattr(cfg, "seed", 42),
         use_cpu=device == "cpu",
-        fp16=device == "cuda",
-        # Explicit: trl's SFTConfig turns bf16 autocast on whenever fp16 is off, and on a CPU without bf16
-        # units that emulation made every SFT step several times slower (measured: backward 44 s vs 7 s).
-        bf16=False,
+        **mixed_precision(device),
         dataloader_num_workers=0,
     )
     args.update(overrides)
@@ -288,6 +436,23 @@ def release_memory_callback():
     return ReleaseFreedMemory()
 
 
+def report_progress_to(trainer, progress) -> None:
+    """Show `trainer`'s progress only through `progress` (fraction of optimizer steps done, 0..1): its own displays
+    go (the console's tqdm bar; in a notebook an HTML bar and a "Step / Training Loss" table, which inside a
+    panel's output area also stopped at its last throttled update, e.g. "2/8")."""
+    from transformers import TrainerCallback
+    from transformers import trainer as hf_trainer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class ReportProgress(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            progress(state.global_step / max(state.max_steps, 1))
+
+    for display in {ProgressCallback, PrinterCallback, hf_trainer.DEFAULT_PROGRESS_CALLBACK}:
+        trainer.remove_callback(display)
+    trainer.add_callback(ReportProgress())
+
+
 # A causal LM on a small machine: one example per micro-batch, because its logits over a 49,152-token vocabulary
 # take 200 MB per 1,000 tokens and the loss's backward pass holds several copies; and gradient checkpointing, which
 # keeps one activation per block and recomputes the rest in the backward pass (about a third more compute).
@@ -317,28 +482,39 @@ def average_loss_per_batch(model) -> None:
 
 def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_metrics=None,
         data_collator=None, trainer_class=None, args_class=None, trainer_kwargs=None, callbacks=None,
-        resume_from_checkpoint: str | None = None, **arg_overrides) -> RunResult:
+        resume_from_checkpoint: str | None = None, progress=None, **arg_overrides) -> RunResult:
     """Train `model` on `train_ds`, evaluate on `eval_ds` (if given), and return a RunResult.
 
     Padding is dynamic (per batch) when a tokenizer is given and no collator is. `trainer_class`
     is a Trainer subclass for a custom loss (session 03 scores masked positions only) or trl's
     SFTTrainer (session 05, with `args_class=SFTConfig`; it brings its own collator). `callbacks` are
     extra TrainerCallbacks (session 05 measures forgetting after every epoch). `resume_from_checkpoint`
-    continues an interrupted run (`python -m ftkit train --resume`).
+    continues an interrupted run (`python -m ftkit train --resume`). `progress`, a callable taking the fraction of
+    optimizer steps done (0..1), replaces the Trainer's own bar and loss table; inside a `widgets.Panel` run it
+    defaults to the panel's bar, so a panel shows one bar.
     """
     from transformers import DataCollatorWithPadding, Trainer
+
+    from .widgets import panel_progress
 
     if data_collator is None and tokenizer is not None and trainer_class is None:
         data_collator = DataCollatorWithPadding(tokenizer)
     average_loss_per_batch(model)
     if getattr(cfg, "small_memory", False) and is_causal_lm(model):
         arg_overrides = {**SMALL_MEMORY_CAUSAL, **arg_overrides}
+    if getattr(cfg, "device", "cpu") == "cuda":     # LoRA by trl (a peft_config) trains next to nothing of the model
+        arg_overrides = gpu_memory_levers(model, train_ds, cfg, arg_overrides,
+                                          trainable=0 if (trainer_kwargs or {}).get("peft_config") else None)
     trainer = (trainer_class or Trainer)(model=model, args=training_args(cfg, args_class=args_class, **arg_overrides),
                                          train_dataset=train_ds, eval_dataset=eval_ds, data_collator=data_collator,
                                          compute_metrics=compute_metrics, processing_class=tokenizer,
                                          callbacks=[release_memory_callback(), *(callbacks or [])],
                                          **(trainer_kwargs or {}))
+    progress = progress or panel_progress()
+    if progress is not None:
+        report_progress_to(trainer, progress)
     model = trainer.model
+    check_trainable_float32(model)
     with measure(model, getattr(cfg, "device", "cpu")) as m:
         trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     metrics = trainer.evaluate() if eval_ds is not None else {}
@@ -347,5 +523,7 @@ def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_met
     history = trainer.state.log_history
     losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
     evals = [h for h in history if "eval_loss" in h]
+    if progress is not None:
+        progress(1.0)       # evaluation done too
     return RunResult(name, metrics, m["trainable_params"], m["total_params"], m["seconds"], m["peak_mem_mb"],
                      losses, evals, model=model, steps=trainer.state.global_step)

@@ -146,22 +146,20 @@ def test_qa_scores_use_session_05s_metrics(cfg):
 
 
 # --------------------------------------------------------------------------- costs
-def test_memory_estimate():
-    est = choose.memory_estimate(100_000_000)
-    assert est["weights GB"] == pytest.approx(0.4) and est["training GB (no activations)"] == pytest.approx(1.6)
-    assert choose.memory_estimate(100_000_000, trainable=1_000_000)["training GB (no activations)"] == \
-        pytest.approx(0.412)
-
-
-def test_costs_are_measured_in_a_fresh_process():
+def test_costs_are_measured_in_a_fresh_process_and_say_what_was_measured():
     row = choose.costs("encoder", profile="smoke", steps=1, batch=2, length=16)
-    assert row["parameters"] > 20e6 and 80 < row["disk MB"] < 100 and row["RAM to load MB"] > 0
+    assert row["model"] == "all-MiniLM-L6-v2" and row["checkpoint dtype"] == "float32"
+    assert row["parameters"] > 20e6 and 80 < row["disk MB"] < 100 and row["to load MB"] > 0
+    assert row["memory measured"] == "process RAM (RSS)" and "float32 weights, on the CPU" in row["setting"]
     assert 0 < row["LoRA trainable"] < row["full trainable"] == row["parameters"]
     assert row["fine-tune full MB"] > 0 and row["fine-tune LoRA MB"] > 0
+    # the rule for the same steps, above the loaded model: full fine-tuning adds 12 bytes per parameter at least
+    assert row["estimate: fine-tune full MB"] > row["parameters"] * 12 / 2**20 > row["estimate: fine-tune LoRA MB"]
 
 
 def test_counted_costs_count_what_the_kernel_holds_and_measure_nothing(cfg, causal):
     row = choose.counted_costs("causal", cfg, causal[0])
     assert 130e6 < row["parameters"] < 140e6 and 400 < row["disk MB"] < 600      # SmolLM2-135M in safetensors
-    assert row["RAM to load MB"] is None and row["fine-tune full MB"] is None and row["fine-tune LoRA MB"] is None
-    assert "not measured" in row["setting"]
+    assert row["to load MB"] is None and row["fine-tune full MB"] is None and row["fine-tune LoRA MB"] is None
+    assert "not measured" in row["setting"] and "not measured" in row["memory measured"]
+    assert row["checkpoint dtype"] == "float32" and row["model"] == "SmolLM2-135M-Instruct"

@@ -77,3 +77,29 @@ def test_bench_reports_a_failing_notebook_and_refuses_bad_input(tmp_path):
     out = subprocess.run([sys.executable, "-m", "ftkit", "bench", "notebooks", "99_nothing.ipynb"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "no notebook" in out.stderr
+
+
+def test_doctor_compares_installed_versions_with_the_constraints_file(tmp_path, monkeypatch, capsys):
+    from ftkit import doctor
+
+    pins = tmp_path / "constraints.txt"
+    pins.write_text("# tested together\ntorch==0.0.1\ntransformers==5.23.0\nnot-installed-here==1.0\n")
+    assert doctor.pinned_versions(pins) == {"torch": "0.0.1", "transformers": "5.23.0", "not-installed-here": "1.0"}
+    differ = doctor.version_differences(doctor.pinned_versions(pins))
+    assert len(differ) == 1 and differ[0].startswith("torch ") and differ[0].endswith("(tested: 0.0.1)")
+    monkeypatch.setenv("FTKIT_CONSTRAINTS", str(pins))
+    assert doctor.run(load_models=False) == 0                       # a warning, not a failure
+    out = capsys.readouterr().out
+    assert "[WARN] versions" in out and "pip's -c" in out and "[OK]   trl" in out
+    monkeypatch.setenv("FTKIT_CONSTRAINTS", str(tmp_path / "nowhere.txt"))
+    monkeypatch.chdir(tmp_path)
+    assert doctor.constraints_path() is not None        # falls back to the checkout's own file
+    assert not doctor.version_differences(doctor.pinned_versions(doctor.constraints_path()))   # this venv is pinned
+
+
+def test_doctor_says_the_python_the_course_needs(monkeypatch):
+    from ftkit import doctor
+
+    monkeypatch.setattr(doctor.sys, "version_info", (3, 10, 12))
+    name, ok, detail = next(doctor._checks(load_models=False))
+    assert (name, ok) == ("python", False) and "needs Python >= 3.11" in detail

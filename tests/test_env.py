@@ -129,3 +129,33 @@ def test_setup_reports_the_memory_and_flags_a_small_machine(monkeypatch, capsys)
     assert "memory=2.0 GB (small" in capsys.readouterr().out
     monkeypatch.setenv("FTKIT_MEMORY_LIMIT", "16G")
     assert not env.setup("smoke", verbose=False).small_memory
+
+
+def test_one_switch_reruns_every_sweep_live(monkeypatch, capsys):
+    monkeypatch.delenv("FTKIT_LIVE", raising=False)
+    assert env.setup("smoke", verbose=False).live is False
+    monkeypatch.setenv("FTKIT_LIVE", "1")
+    cfg = env.setup("smoke")
+    assert cfg.live is True and "live (every sweep is trained here" in capsys.readouterr().out
+    assert env.setup("smoke", verbose=False, live=False).live is False          # the argument wins
+    monkeypatch.setenv("FTKIT_LIVE", "off")
+    assert env.setup("smoke", verbose=False).live is False
+    assert env.setup("smoke", verbose=False, live=True).live is True
+    monkeypatch.setenv("FTKIT_LIVE", "maybe")
+    with pytest.raises(ValueError, match="FTKIT_LIVE='maybe' is neither on nor off; use 1 or 0"):
+        env.setup("smoke", verbose=False)
+
+
+def test_quiet_logs_turns_datasets_progress_bars_off():
+    import datasets
+
+    datasets.enable_progress_bars()
+    env.quiet_logs()
+    assert not datasets.is_progress_bar_enabled()
+
+
+def test_the_gpu_profiles_language_models_are_instruct_models():
+    """Sessions 00, 05 and 07 ask the causal model questions in its chat template; a base model has none."""
+    gpu = env.PROFILES["gpu"]
+    assert gpu.models["causal"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert all(name.endswith("-Instruct") for name in (gpu.models["judge"], gpu.extra["large_causal"]))

@@ -117,14 +117,16 @@ def test_padding_waste_counts_pad_tokens():
     assert 0 <= waste["dynamic padding %"] < waste["fixed padding %"]
 
 
-def test_sft_full_and_lora_train_and_report(cfg, causal):
+def test_sft_full_and_lora_train_and_report(cfg, causal, capsys):
     _, tok = causal
-    rows = data.load("dolly")["train"].select(range(4))
+    rows = dolly_rows(tok, longer_than=90, n=1, short=3)        # one prompt fills max_length: trl drops that row
     full_model, _ = models.load_causal(cfg)
     before = {n: p.detach().clone() for n, p in full_model.named_parameters() if "layers.0.mlp" in n}
     full = instruct.sft(full_model, tok, rows, cfg, name="full", max_length=64, max_steps=1,
                         per_device_train_batch_size=2, learning_rate=1e-4, logging_steps=1)
     assert full.trainable_pct == 100 and full.loss_history and math.isfinite(full.loss_history[0][1])
+    assert full.extra["rows without response tokens"] == 1
+    assert "training data: 1 of 4 rows lose every response token at max_length=64" in capsys.readouterr().out
     assert any(not torch.equal(before[n], p) for n, p in full_model.named_parameters() if n in before)
     lora_model, _ = models.load_causal(cfg)
     run = instruct.sft(lora_model, tok, rows, cfg, name="lora", lora_rank=2, max_length=64, max_steps=1,
@@ -331,3 +333,78 @@ def test_a_small_machine_answers_at_most_four_prompts_at_once(causal, monkeypatc
     monkeypatch.setenv("FTKIT_MEMORY_LIMIT", "2G")
     small = instruct.complete(model, tok, prompts, max_new_tokens=2)
     assert sizes == [6, 4, 2] and len(small) == len(big) == 6
+
+
+# --------------------------------------------------------------------------- nothing left to compute
+def dolly_rows(tok, longer_than: int, n: int, short: int = 0):
+    """`n` dolly training rows whose prompt alone takes more than `longer_than` tokens, then `short` rows whose
+    prompt takes at most 16."""
+    dolly = data.load("dolly")["train"].select(range(80))
+    counts = instruct.prompt_token_counts(instruct.sft_dataset(dolly), tok)
+    long = [i for i, c in enumerate(counts) if c > longer_than][:n]
+    brief = [i for i, c in enumerate(counts) if c <= 16][:short]
+    assert len(long) == n and len(brief) == short
+    return dolly.select(long + brief)
+
+
+def trl_rows_kept(cfg, model, tok, rows, max_length: int, template: str = "alpaca") -> int:
+    """How many rows trl's SFTTrainer keeps for training (it drops those with no response token left)."""
+    from trl import SFTConfig, SFTTrainer
+
+    args = train.training_args(cfg, args_class=SFTConfig, max_length=max_length, completion_only_loss=True,
+                               packing=False)
+    return len(SFTTrainer(model=model, args=args, train_dataset=instruct.sft_dataset(rows, template),
+                          processing_class=tok).train_dataset)
+
+
+def test_sft_refuses_a_max_length_that_cuts_every_response_and_names_one_that_fits(cfg, causal):
+    """Before: trl dropped every row and torch's sampler failed with 'num_samples=0'."""
+    import re
+
+    model, tok = causal
+    rows = dolly_rows(tok, longer_than=16, n=5)
+    assert trl_rows_kept(cfg, model, tok, rows, 16) == 0                     # the case: nothing left to train on
+    with pytest.raises(ValueError, match=r"max_length=16 cuts every response off: all 5 rows lose every response "
+                                         r"token") as refused:
+        instruct.sft(model, tok, rows, cfg, name="too short", max_length=16, max_steps=1)
+    fits = int(re.search(r"max_length=(\d+) keeps at least one response token in every row", str(refused.value))[1])
+    assert trl_rows_kept(cfg, model, tok, rows, fits) == 5 and trl_rows_kept(cfg, model, tok, rows, fits - 1) < 5
+
+
+@pytest.mark.parametrize("template", instruct.TEMPLATES)
+def test_rows_without_response_are_exactly_the_rows_trl_drops(cfg, causal, template):
+    model, tok = causal
+    rows = dolly_rows(tok, longer_than=80, n=4, short=6)
+    lost = instruct.rows_without_response(instruct.sft_dataset(rows, template), tok, 64)
+    assert 0 < len(lost) < len(rows)
+    assert trl_rows_kept(cfg, model, tok, rows, 64, template) == len(rows) - len(lost)
+
+
+def test_held_out_loss_over_no_response_token_is_refused(causal, capsys):
+    model, tok = causal
+    cut = Dataset.from_list([instruct.label_example(ROW, tok, max_length=5)] * 2)      # prompt tokens only
+    with pytest.raises(ValueError, match="none of the 2 held-out rows has a response token"):
+        instruct.held_out_loss(model, cut, tok)
+    rows = dolly_rows(tok, longer_than=40, n=2, short=1)
+    with pytest.raises(ValueError, match="all 2 rows lose every response token"):
+        instruct.tokenize_instructions(rows.select([0, 1]), tok, 40)
+    kept = instruct.tokenize_instructions(rows, tok, 40)
+    assert "split 'data': 2 of 3 rows lose every response token at max_length=40" in capsys.readouterr().out
+    assert math.isfinite(instruct.held_out_loss(model, kept, tok))
+
+
+def test_scores_over_nothing_are_refused(causal):
+    import pandas as pd
+
+    model, tok = causal
+    for call, message in [(lambda: instruct.rouge_scores(["an answer"], []), "1 answers but 0 references"),
+                          (lambda: instruct.rouge_scores([], []), "no answers to score"),
+                          (lambda: instruct.hand_loss(torch.zeros(1, 3, 5), torch.full((1, 3), -100)), "every label"),
+                          (lambda: instruct.padding_waste([], 4, 64), "needs rows"),
+                          (lambda: instruct.quality_flags([]), "no rows to check"),
+                          (lambda: instruct.judge_reliability(pd.DataFrame(columns=["pick (ref=A)", "pick (ref=B)"])),
+                           "no judged pairs"),
+                          (lambda: instruct.sentiment_accuracy(model, tok, []), "no sentiment rows"),
+                          (lambda: instruct.general_accuracy(model, tok, questions=()), "no questions")]:
+        with pytest.raises(ValueError, match=message):
+            call()

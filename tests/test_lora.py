@@ -97,7 +97,8 @@ def test_add_lora_by_name_on_the_encoder():
     names = lora.add_lora(model, ["query", "value"], r=4)
     assert len(names) == 12 and names[0].endswith("attention.self.query")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trainable == 12 * 4 * (384 + 384)
+    assert trainable == 12 * 4 * (384 + 384) + 384 * 2 + 2     # the A/B pairs, and the new head (frozen: random)
+    assert all(p.requires_grad for p in model.classifier.parameters())
 
 
 def test_low_rank_errors_fall_to_zero():
@@ -105,3 +106,55 @@ def test_low_rank_errors_fall_to_zero():
     W = torch.randn(20, 8) @ torch.randn(8, 30)  # rank 8
     errors = lora.low_rank_errors(W, [1, 4, 8])
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-4
+
+
+def tiny(kind: str):
+    """A small random model of each architecture (no download): the head names differ by architecture."""
+    from transformers import (DistilBertConfig, DistilBertForSequenceClassification, LlamaConfig, LlamaForCausalLM,
+                              LlamaForSequenceClassification)
+
+    llama = LlamaConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                        num_key_value_heads=2, vocab_size=100, num_labels=2, pad_token_id=0)
+    return {"distilbert": lambda: DistilBertForSequenceClassification(
+                DistilBertConfig(n_layers=1, dim=32, hidden_dim=64, n_heads=2, vocab_size=100)),
+            "llama": lambda: LlamaForSequenceClassification(llama),
+            "llama lm": lambda: LlamaForCausalLM(llama)}[kind]()
+
+
+def test_the_head_is_found_by_the_models_own_names():
+    assert lora.head_modules(models.load_classifier(["neg", "pos"])) == ["classifier"]
+    assert lora.head_modules(models.load_token_classifier(["O", "B-X", "I-X"])) == ["classifier"]
+    assert lora.head_modules(tiny("distilbert")) == ["pre_classifier", "classifier"]
+    assert lora.head_modules(tiny("llama")) == ["score"]
+    assert lora.head_modules(tiny("llama lm")) == []            # a pretrained LM head is not a fresh one
+    wrapped = lora.peft_lora(tiny("distilbert"), ["q_lin"], r=2, keep=["classifier"])
+    assert set(wrapped.peft_config["default"].modules_to_save) >= {"pre_classifier", "classifier"}
+
+
+def test_peft_lora_trains_and_saves_the_new_classifier_head(cfg, tmp_path):
+    """With its defaults: the random head trains with LoRA, and the saved adapter brings it back on reload."""
+    from peft import PeftModel
+
+    torch.manual_seed(0)
+    model = lora.peft_lora(models.load_classifier(["neg", "pos"], cfg), ["query", "value"], r=4, alpha=8)
+    # the head the model predicts with (peft keeps a frozen copy of the original beside a trained one)
+    head = {n: p.detach().clone() for n, p in model.named_parameters() if "classifier" in n and "original" not in n}
+    assert head and all(p.requires_grad for n, p in model.named_parameters() if n in head)
+    batch = {"input_ids": torch.tensor([[101, 2204, 3185, 102], [101, 6659, 3185, 102]]),
+             "attention_mask": torch.ones(2, 4, dtype=torch.long), "labels": torch.tensor([1, 0])}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(3):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert all(not torch.equal(p, head[n]) for n, p in model.named_parameters() if n in head)
+    model.eval()
+    probe = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        in_memory = model(**probe).logits
+    model.save_pretrained(tmp_path)
+    torch.manual_seed(1)                                       # another random head underneath
+    reloaded = PeftModel.from_pretrained(models.load_classifier(["neg", "pos"], cfg), tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**probe).logits, in_memory, atol=1e-5)

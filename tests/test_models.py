@@ -98,3 +98,103 @@ def test_causal_loads_from_the_safetensors_cache_and_answers(cfg):
         out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     answer = tok.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer  # real pretrained weights survived the GGUF conversion
+
+
+# --------------------------------------------------------------------------- architectures, dtypes, devices
+def tiny(kind, head="classify"):
+    """A tiny model of a real architecture, built from its config (no download)."""
+    from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig,
+                              DistilBertConfig, LlamaConfig, MistralConfig, Qwen2Config, RobertaConfig)
+
+    decoder = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                   intermediate_size=64, vocab_size=100, attention_dropout=0.1)
+    encoder = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+    config = {"bert": lambda: BertConfig(**encoder), "roberta": lambda: RobertaConfig(**encoder),
+              "distilbert": lambda: DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=2, vocab_size=100),
+              "llama": lambda: LlamaConfig(**decoder), "mistral": lambda: MistralConfig(**decoder),
+              "qwen2": lambda: Qwen2Config(**decoder)}[kind]()
+    auto = AutoModelForCausalLM if head == "causal" else AutoModelForSequenceClassification
+    return auto.from_config(config)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert", "llama", "mistral", "qwen2"])
+def test_lora_targets_are_read_from_the_models_own_architecture(kind):
+    from ftkit import lora
+
+    model = tiny(kind)
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for which in ("attention", "mlp", "attention+MLP", "all-linear"):
+        targets = models.lora_targets(model, which)
+        assert targets and lora.matching_modules(model, targets), (kind, which)       # every name exists
+    attention = lora.matching_modules(model, models.lora_targets(model, "attention"))
+    assert len(attention) == 2 * 2                             # query and value in each of the 2 blocks
+    every = lora.matching_modules(model, models.lora_targets(model, "all-linear"))
+    assert set(every) < linears and not {"classifier", "score", "pre_classifier"} & set(every)   # blocks only
+    with pytest.raises(ValueError, match="which must be one of"):
+        models.lora_targets(model, "everything")
+
+
+@pytest.mark.parametrize("kind", ["bert", "distilbert", "llama"])
+def test_dropout_config_turns_off_every_dropout_of_the_architecture(kind):
+    from transformers import AutoModelForSequenceClassification
+
+    config = tiny(kind).config
+    assert any(getattr(config, k, 0) for k in models.architecture(config).dropout)      # dropout is on to start
+    off = type(config)(**{**config.to_dict(), **models.dropout_config(0, config)})
+    model = AutoModelForSequenceClassification.from_config(off)
+    assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    assert all(getattr(m, "attention_dropout", 0) in (0, 0.0) for m in model.modules()
+               if not isinstance(getattr(m, "attention_dropout", 0), torch.nn.Module))
+    with pytest.raises(ValueError, match="probability in"):
+        models.dropout_config(1.5, config)
+
+
+def test_an_unknown_architecture_is_named_with_what_to_do():
+    from transformers import GPT2Config
+
+    with pytest.raises(ValueError, match="does not know the module names of 'gpt2' models.*--lora-targets"):
+        models.lora_targets(GPT2Config(), "attention")
+
+
+def test_the_random_head_baseline_reinitialises_a_pretrained_bert_head_and_keeps_the_tied_decoder(cfg):
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, vocab_size=100))
+    with torch.no_grad():                              # a head that has been trained
+        for p in model.cls.parameters():
+            p.add_(1.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    names = models.random_masked_lm_head(model)
+    assert set(names) == {"cls.predictions.bias", "cls.predictions.transform.dense.weight",
+                          "cls.predictions.transform.dense.bias", "cls.predictions.transform.LayerNorm.weight",
+                          "cls.predictions.transform.LayerNorm.bias"}
+    after = dict(model.named_parameters())
+    assert all(not torch.equal(after[n], before[n]) for n in names)
+    embeddings = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(after[embeddings], before[embeddings])
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+    packaged = models.load_masked_lm(cfg, warmed_head=False)       # the packaged MiniLM: random, as before
+    assert torch.equal(packaged.cls.predictions.bias, torch.zeros_like(packaged.cls.predictions.bias))
+
+
+def test_on_device_moves_tensors_of_a_batch_and_leaves_the_rest():
+    model = torch.nn.Linear(2, 2).to("meta")
+    batch = models.on_device({"input_ids": torch.ones(1, 2), "name": "x"}, model)
+    assert batch["input_ids"].device.type == "meta" and batch["name"] == "x"
+    assert models.on_device(torch.ones(2), model).device.type == "meta"
+
+
+def test_a_judge_loads_in_bfloat16_only_on_a_gpu_with_bfloat16_units(monkeypatch):
+    assert models.inference_dtype("cpu") == "float32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert models.inference_dtype("cuda") == "float32"           # a T4
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert models.inference_dtype("cuda") == "bfloat16"
+
+
+def test_describe_names_a_cached_hub_model_by_its_id(tmp_path):
+    folder = tmp_path / "models--HuggingFaceTB--SmolLM2-135M-Instruct" / "snapshots" / "abc123"
+    assert models.describe(str(folder)) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert models.describe(str(tmp_path)) == str(tmp_path)

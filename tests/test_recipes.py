@@ -181,3 +181,22 @@ def test_the_shipped_accelerate_configs_are_valid_for_accelerate(name):
     config = load_config_from_file(str(path))
     expected = {"single_gpu": "NO", "multi_gpu_ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED"}[name]
     assert config.num_processes >= 1 and config.distributed_type.value == expected
+
+
+def test_a_tag_only_in_the_eval_file_is_one_clear_line_before_anything_is_written(tmp_path, capsys):
+    rows = [{"tokens": ["Ada", "Lovelace", "wrote", "."], "tags": ["B-PER", "I-PER", "O", "O"]}] * 8
+    train_file, eval_file = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    train_file.write_text("\n".join(json.dumps(r) for r in rows))
+    eval_file.write_text(json.dumps({"tokens": ["Acme", "Corp", "hired", "Ada"],
+                                     "tags": ["B-ORG", "I-ORG", "O", "B-PER"]}))
+    out = tmp_path / "out"
+    err = refused(capsys, "ner", "--train-file", train_file, "--eval-file", eval_file, *SMOKE, "--output-dir", out)
+    assert "tag 'B-ORG' in split 'test' (row 0) is not in the model's tag set ['O', 'B-PER', 'I-PER']" in err
+    assert not out.exists()                                  # refused before the run folder was made
+
+
+def test_a_max_length_that_cuts_every_response_is_one_clear_line_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    err = refused(capsys, "sft", "--data", "dolly", "--max-length", "8", *SMOKE, "--output-dir", out)
+    assert "training data: max_length=8 cuts every response off: all 64 rows lose every response token" in err
+    assert "keeps at least one response token in every row" in err and not out.exists()

@@ -201,3 +201,160 @@ def test_small_memory_trains_a_causal_lm_one_example_at_a_time_with_checkpointin
     moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert any("lora_A" in n for n in moved) and any("lora_B" in n for n in moved)
     assert not train.is_causal_lm(models.load_classifier(["a", "b"], cfg)) and train.is_causal_lm(model)
+
+
+def test_fit_with_a_progress_callable_reports_each_step_and_shows_nothing_itself(cfg, capsys):
+    """Outside a panel too: `progress` replaces the Trainer's tqdm bar and the loss lines it writes."""
+    from datasets import Dataset
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tok = models.load_tokenizer("encoder", cfg)
+    ds = Dataset.from_dict({"text": ["good film", "bad film"] * 4, "label": [1, 0] * 4})
+    ds = ds.map(lambda b: tok(b["text"]), batched=True, remove_columns=["text"])
+    model = BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=64))
+    fractions = []
+    capsys.readouterr()
+    result = train.fit(model, ds, ds, cfg, name="tiny", tokenizer=tok, progress=fractions.append, max_steps=4,
+                       per_device_train_batch_size=2, logging_steps=1)
+    assert fractions == [0.25, 0.5, 0.75, 1.0, 1.0] and result.steps == 4      # the last 1.0: evaluation done
+    assert capsys.readouterr() == ("", "")
+    train.fit(model, ds, None, cfg, name="tiny", tokenizer=tok, max_steps=1)  # without it, the Trainer's own bar
+    shown = capsys.readouterr()
+    assert "'train_runtime'" in shown.out and "1/1" in shown.err
+
+
+# --------------------------------------------------------------------------- precision and the memory estimate
+def test_mixed_precision_is_fp16_on_a_t4_bf16_where_the_gpu_has_it_and_none_on_a_cpu(monkeypatch):
+    import torch
+
+    assert train.mixed_precision("cpu") == {"fp16": False, "bf16": False}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert train.mixed_precision("cuda") == {"fp16": True, "bf16": False}        # a T4: bf16 only emulated
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert train.mixed_precision("cuda") == {"fp16": False, "bf16": True}        # an A100, L4, H100
+
+
+def test_fit_refuses_to_train_bfloat16_weights(cfg):
+    import torch
+
+    model = models.load_classifier(["neg", "pos"], cfg).to(torch.bfloat16)
+    ds = data.for_profile(data.load("rotten_tomatoes"), cfg)
+    from ftkit import tuning
+
+    encoded, tok = tuning.tokenize(ds, cfg)
+    with pytest.raises(ValueError, match="trainable weights in bfloat16; load it in float32"):
+        train.fit(model, encoded["train"], None, cfg, name="bf16", tokenizer=tok)
+    for p in model.parameters():                    # frozen bf16 weights are fine, only what trains must be float32
+        p.requires_grad = False
+    for p in model.classifier.float().parameters():
+        p.requires_grad = True
+    train.check_trainable_float32(model)
+
+
+def meta_model(config, head="causal"):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    auto = {"causal": AutoModelForCausalLM, "masked": AutoModelForMaskedLM,
+            "classify": AutoModelForSequenceClassification}
+    with torch.device("meta"):
+        return auto[head].from_config(config, dtype=torch.float32)
+
+
+SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True)
+
+
+def test_memory_estimate_counts_16_bytes_per_trainable_float32_parameter():
+    from transformers import LlamaConfig
+
+    model = meta_model(LlamaConfig(**SMOLLM2_135M))
+    params = train.count_params(model)[1]
+    assert 134e6 < params < 135e6
+    full = train.memory_estimate(model, batch=1, length=1)
+    assert full["weights MB"] * 2**20 == params * 4                      # float32, tied embeddings counted once
+    assert (full["weights MB"] + full["gradients and optimizer MB"]) * 2**20 == params * 16
+    assert full["logits MB"] * 2**20 == 49152 * 12 and full["autocast copies MB"] == 0
+    lora = train.memory_estimate(model, batch=1, length=1, trainable=1000)
+    assert lora["gradients and optimizer MB"] * 2**20 == 12_000
+    mixed = train.memory_estimate(model, batch=16, length=512, mixed_precision=True)
+    assert mixed["autocast copies MB"] * 2**20 == params * 2
+    assert mixed["activations MB"] == pytest.approx(16 * 512 * 30 * 576 * train.ACTIVATION_BYTES / 2**20)
+    checkpointed = train.memory_estimate(model, batch=16, length=512, gradient_checkpointing=True)
+    assert checkpointed["activations MB"] < mixed["activations MB"] / 10
+    assert checkpointed["logits MB"] == mixed["logits MB"]
+    with pytest.raises(ValueError, match="positive whole numbers"):
+        train.memory_estimate(model, batch=0)
+
+
+def saved_for_backward_bytes(model, **inputs) -> int:
+    """Bytes of the tensors one training forward pass keeps for its backward pass (weights excluded), counted on
+    the meta device: shapes only, so the real 135M model at 16 x 512 tokens costs nothing to count."""
+    import torch
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    weights = {StorageWeakRef(p.untyped_storage()).cdata for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        key = StorageWeakRef(t.untyped_storage()).cdata
+        if key not in weights:
+            saved[key] = t.untyped_storage().nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(**inputs)
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("kind, batch, length", [("smollm2", 4, 512), ("distilbert-mlm", 8, 256),
+                                                 ("distilbert", 8, 128), ("minilm", 16, 128)])
+def test_the_activation_rule_covers_what_the_real_models_save_for_backward(kind, batch, length):
+    """The rule (activations + logits) against a count of the tensors autograd keeps, for the gpu profile's real
+    configurations at the lengths the notebooks train them: at least the count, at most 1.5 times it."""
+    import torch
+    from transformers import BertConfig, DistilBertConfig, LlamaConfig
+
+    model = {"smollm2": lambda: meta_model(LlamaConfig(**SMOLLM2_135M)),
+             "distilbert-mlm": lambda: meta_model(DistilBertConfig(), "masked"),
+             "distilbert": lambda: meta_model(DistilBertConfig(), "classify"),
+             "minilm": lambda: meta_model(BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                                     intermediate_size=1536), "classify")}[kind]()
+    ids = torch.zeros(batch, length, dtype=torch.long, device="meta")
+    labels = ids if kind in ("smollm2", "distilbert-mlm") else torch.zeros(batch, dtype=torch.long, device="meta")
+    counted = saved_for_backward_bytes(model, input_ids=ids, labels=labels)
+    est = train.memory_estimate(model, batch, length)
+    rule = (est["activations MB"] + est["logits MB"]) * 2**20
+    assert counted <= rule <= 1.5 * counted, (kind, counted / 2**20, rule / 2**20)
+
+
+def test_memory_levers_split_the_batch_then_checkpoint_and_refuse_what_cannot_fit():
+    from transformers import LlamaConfig
+
+    model = meta_model(LlamaConfig(**SMOLLM2_135M))
+    whole = train.memory_estimate(model, 16, 512, mixed_precision=True)["total MB"]
+    assert train.memory_levers(model, 16, 512, whole + 1, mixed_precision=True)[0] == {}
+    levers, est = train.memory_levers(model, 16, 512, 12_000, mixed_precision=True)
+    assert levers == {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 4} and est["total MB"] <= 12_000
+    one = train.memory_estimate(model, 1, 512, mixed_precision=True)["total MB"]
+    levers, _ = train.memory_levers(model, 16, 512, one - 1, mixed_precision=True)
+    assert levers["gradient_checkpointing"] and levers["per_device_train_batch_size"] < 16
+    with pytest.raises(ValueError, match="even one sequence at a time with gradient checkpointing.*train LoRA"):
+        train.memory_levers(model, 16, 512, 1_000, mixed_precision=True)
+
+
+def test_gpu_memory_levers_keep_the_requested_batch_and_accumulation(cfg, monkeypatch):
+    from transformers import LlamaConfig
+
+    model = meta_model(LlamaConfig(**SMOLLM2_135M))
+    monkeypatch.setattr(train, "gpu_budget_mb", lambda m: 12_000)
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"input_ids": [[1] * 512, [1] * 100]})
+    out = train.gpu_memory_levers(model, ds, cfg, {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 2,
+                                                   "learning_rate": 1e-4})
+    assert out == {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 8, "learning_rate": 1e-4}
+    assert train.gpu_memory_levers(model, ds, cfg, {"per_device_train_batch_size": 2}) == \
+        {"per_device_train_batch_size": 2}
