@@ -111,6 +111,7 @@ class Sweep:
 # The registry: one line per sweep, e.g.
 #     "fewshot_curve": Sweep("ftkit.fewshot:curve_sweep", "ftkit.fewshot:curve_settings"),
 SWEEPS: dict[str, Sweep] = {
+    "lora_classifiers": Sweep("ftkit.lora:classifier_sweep", "ftkit.lora:classifier_settings"),  # 06
 }
 
 
@@ -407,6 +408,51 @@ def sweep_figure(rows, x: str, y: str, group: str | None = None, live=None, titl
     return fig
 
 
+# --------------------------------------------------------------------------- training curves
+def training_curves(result, per: str = "step", title: str | None = None, height: int = 360):
+    """One run's training as two charts side by side: training loss (the Trainer's mean over each logging window)
+    and validation loss (each evaluation during training; the kept best checkpoint as a star) against optimizer
+    steps or epochs (`per="epoch"`), and the learning rate of every optimizer step (warm-up and decay).
+
+    `result` is a `train.RunResult` from `fit(..., validation_ds=...)` (or any run: without validation the left chart
+    shows the training loss alone). A plain `go.Figure`. A ValueError when the run kept no history to draw."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    if per not in ("step", "epoch"):
+        raise ValueError(f'per must be "step" or "epoch", got {per!r}')
+    if not result.loss_history and not result.eval_history:
+        raise ValueError(f"run {result.name!r} has no loss history to draw (a run made by train.fit keeps one; "
+                         "a feature-based head trains outside the Trainer)")
+    if per == "epoch" and not result.steps_per_epoch:
+        raise ValueError(f"run {result.name!r} does not know its steps per epoch; draw it with per='step'")
+    scale = result.steps_per_epoch if per == "epoch" else 1.0
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "learning rate"), horizontal_spacing=0.12)
+    steps, losses = zip(*result.loss_history) if result.loss_history else ((), ())
+    fig.add_trace(go.Scatter(x=[s / scale for s in steps], y=losses, mode="lines+markers", name="training loss",
+                             marker={"size": 5}), row=1, col=1)
+    if result.eval_history:
+        fig.add_trace(go.Scatter(x=[h["step"] / scale for h in result.eval_history],
+                                 y=[h["loss"] for h in result.eval_history], mode="lines+markers",
+                                 name="validation loss", marker={"size": 8}), row=1, col=1)
+    best = [h for h in result.eval_history if h["step"] == result.best_step]
+    if best:
+        fig.add_trace(go.Scatter(x=[best[0]["step"] / scale], y=[best[0]["loss"]], mode="markers",
+                                 name=f"kept: step {result.best_step}",
+                                 marker={"size": 16, "symbol": "star", "line": {"width": 1, "color": "black"}}),
+                      row=1, col=1)
+    if result.lr_history:
+        lr_steps, rates = zip(*result.lr_history)
+        fig.add_trace(go.Scatter(x=[s / scale for s in lr_steps], y=rates, mode="lines", name="learning rate"),
+                      row=1, col=2)
+    fig.update_xaxes(title_text=per)
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    fig.update_yaxes(title_text="learning rate", exponentformat="e", row=1, col=2)
+    fig.update_layout(title=title or f"{result.name}: training vs validation loss, and the learning rate",
+                      height=height, margin={"t": 60, "b": 40})
+    return fig
+
+
 # --------------------------------------------------------------------------- expected results
 def _shown(value, fmt: str) -> str:
     return format(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
@@ -489,28 +535,3 @@ class Expected:
             raise AssertionError(f"{self.title}, {self.profile} profile: " + "; ".join(
                 f"{c['result']}: got {c['got']}" + (f" ({c['expected']})" if c["expected"] else "")
                 for c in self.misses))
-
-
-FOLDED_TITLE = "Expected results: the checks (double-click to show the code)"
-
-
-def fold_source(path, contains: str, title: str = FOLDED_TITLE) -> int:
-    """Fold (hide) the source of every code cell of notebook `path` that contains `contains`, keeping its output
-    visible: JupyterLab's `metadata.jupyter.source_hidden`, and Colab's form view (`cellView: form`), which shows
-    the first line `# @title TITLE` instead of the code. Idempotent. For scripts that edit the course notebooks, e.g.
-    `fold_source("course/04_ner_bio_tags.ipynb", "report_and_assert")`. Returns how many cells were folded."""
-    import re
-
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    cells = [c for c in nb.cells if c.cell_type == "code" and contains in c.source]
-    if not cells:
-        raise ValueError(f"no code cell of {path} contains {contains!r}")
-    for cell in cells:
-        if not re.match(r"#\s*@title\b", cell.source):
-            cell.source = f'# @title {title} {{ display-mode: "form" }}\n{cell.source}'
-        cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
-        cell.metadata["cellView"] = "form"
-    nbformat.write(nb, path)
-    return len(cells)

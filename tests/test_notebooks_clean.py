@@ -49,14 +49,16 @@ def test_no_placeholder_left_in_expected_results(nb):
     assert not re.search(r"MEASURE_[A-Z]+", text), "an expected-results band was never measured"
 
 
-def test_solution_cells_are_folded(nb):
-    """An exercise's reference solution is folded, so a learner can try first (JupyterLab, Jupyter and Colab)."""
+def test_solution_and_expected_results_cells_are_folded(nb):
+    """An exercise's reference solution is folded, so a learner can try first, and so is the expected-results cell,
+    whose code is for CI while its printout is for the learner (JupyterLab, Jupyter and Colab)."""
     from ftkit.exercises import notebooks
 
     for i, cell in enumerate(nb.cells):
-        if notebooks.is_exercise_cell(cell):
-            assert notebooks.is_folded(cell), (f"cell {i} holds a solution region but is not folded: run "
-                                               "`python -m ftkit student course/student --fold`")
+        title = notebooks.fold_title(cell) if cell.cell_type == "code" else None
+        if title:
+            assert notebooks.is_folded(cell, title), (f"cell {i} is not folded: run "
+                                                      "`python -m ftkit student course/student --fold`")
 
 
 def test_the_readme_lists_every_notebook():

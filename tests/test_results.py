@@ -242,25 +242,3 @@ def test_expected_counts_a_missing_number_as_a_miss_and_needs_checks(cfg):
         exp.report_and_assert()
     with pytest.raises(ValueError, match="no checks were added"):
         results.Expected(cfg).report_and_assert()
-
-
-def test_fold_source_hides_only_the_matching_cells_source(tmp_path):
-    path = tmp_path / "nb.ipynb"
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("## Expected results"),
-                                         nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["keep"]}),
-                                         nbformat.v4.new_code_cell(textwrap.dedent("""\
-                                             expected = results.Expected(cfg)
-                                             expected.report_and_assert()"""))])
-    nbformat.write(nb, path)
-    assert results.fold_source(path, "report_and_assert") == 1
-    back = nbformat.read(path, as_version=4)
-    nbformat.validate(back)
-    assert back.cells[2].metadata == {"jupyter": {"source_hidden": True}, "cellView": "form"}
-    assert back.cells[2].source.splitlines()[:2] == [
-        '# @title Expected results: the checks (double-click to show the code) { display-mode: "form" }',
-        "expected = results.Expected(cfg)"]
-    assert back.cells[1].metadata == {"tags": ["keep"]} and back.cells[0].metadata == {}
-    before = path.read_text()
-    assert results.fold_source(path, "report_and_assert") == 1 and path.read_text() == before     # idempotent
-    with pytest.raises(ValueError, match="no code cell of .* contains 'nothing here'"):
-        results.fold_source(path, "nothing here")

@@ -143,9 +143,13 @@ def test_fold_is_idempotent_and_unfold_undoes_it():
 
 def test_fold_solution_cells_rewrites_a_notebook_only_when_needed(tmp_path):
     path = tmp_path / "n.ipynb"
-    nbformat.write(_notebook("x = 1", FUNCTION_CELL), path)
+    expected = "expected = results.Expected(cfg)\nexpected.report_and_assert()"
+    nbformat.write(_notebook("x = 1", FUNCTION_CELL, expected), path)
     assert nbs.fold_solution_cells(path) is True
-    assert nbs.is_folded(nbformat.read(path, as_version=4).cells[1])
+    cells = nbformat.read(path, as_version=4).cells
+    assert nbs.is_folded(cells[1]) and nbs.is_folded(cells[2], nbs.EXPECTED_TITLE)
+    assert not nbs.is_folded(cells[0], nbs.fold_title(cells[0]) or "") and "jupyter" not in cells[0].metadata
+    assert cells[2].source.splitlines() == [nbs.EXPECTED_TITLE, *expected.splitlines()]
     assert nbs.fold_solution_cells(path) is False
 
 

@@ -32,6 +32,8 @@ from .core import PLACEHOLDER
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 SOLUTION_TITLE = "# @title Reference solution: try the exercise first"    # what a folded cell shows
+EXPECTED_TITLE = "# @title Expected results: the checks (open to see the code)"
+EXPECTED_CALL = ".report_and_assert()"      # the last cell of a notebook: results.Expected's printout
 _TITLE = re.compile(r"#\s*@title\b")
 _CHECK_NAME = re.compile(r"q[1-9][0-9]*")
 _LINK = re.compile(r"(\]\()([^)\s]+)(\))")
@@ -71,16 +73,26 @@ def is_exercise_cell(cell) -> bool:
     return cell.cell_type == "code" and any(line.strip() == BEGIN for line in cell.source.split("\n"))
 
 
-def is_folded(cell) -> bool:
+def is_expected_cell(cell) -> bool:
+    """The expected-results cell: for CI first, so its code is folded and only its printout shows."""
+    return cell.cell_type == "code" and EXPECTED_CALL in cell.source
+
+
+def fold_title(cell) -> str | None:
+    """The title a folded cell of this kind shows, or None for a cell that stays open."""
+    return SOLUTION_TITLE if is_exercise_cell(cell) else EXPECTED_TITLE if is_expected_cell(cell) else None
+
+
+def is_folded(cell, title: str = SOLUTION_TITLE) -> bool:
     """Folded for JupyterLab (source_hidden), Jupyter Notebook and Colab (cellView form with a # @title line)."""
     return (cell.metadata.get("jupyter", {}).get("source_hidden") is True and cell.metadata.get("cellView") == "form"
-            and cell.source.split("\n", 1)[0] == SOLUTION_TITLE)
+            and cell.source.split("\n", 1)[0] == title)
 
 
-def fold(cell) -> None:
-    """Fold an exercise cell in place: the title line first, then the metadata that hides the code."""
+def fold(cell, title: str = SOLUTION_TITLE) -> None:
+    """Fold a cell in place: the title line first, then the metadata that hides the code."""
     first, _, rest = cell.source.partition("\n")
-    cell.source = SOLUTION_TITLE + "\n" + (rest if _TITLE.match(first) else cell.source)
+    cell.source = title + "\n" + (rest if _TITLE.match(first) else cell.source)
     cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
     cell.metadata["cellView"] = "form"
 
@@ -165,13 +177,15 @@ def write_student_copies(course_dir: str | Path = "course", out_dir: str | Path 
 
 
 def fold_solution_cells(path: str | Path) -> bool:
-    """Fold every exercise cell of a course notebook in place (idempotent); True if the file changed."""
+    """Fold every exercise cell and the expected-results cell of a course notebook in place (idempotent); True if
+    the file changed."""
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     changed = False
     for cell in nb.cells:
-        if is_exercise_cell(cell) and not is_folded(cell):
-            fold(cell)
+        title = fold_title(cell) if cell.cell_type == "code" else None
+        if title and not is_folded(cell, title):
+            fold(cell, title)
             changed = True
     if changed:
         nbformat.write(nb, path)
