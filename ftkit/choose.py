@@ -12,6 +12,7 @@ Generation, templates, training and the error tags come from session 05 (`ftkit.
 """
 from __future__ import annotations
 
+import copy
 import json
 import random
 import subprocess
@@ -37,12 +38,21 @@ def draw_shots(pool, k: int, seed: int) -> list[dict]:
     return [pool[i] for i in random.Random(seed).sample(range(len(pool)), k)]
 
 
-def few_shot_prompt(text: str, shots, tokenizer, template: str = "alpaca") -> str:
-    """Session 05's sentiment prompt for `text`, preceded by the k solved examples as earlier turns of the same
-    template (k=0: exactly session 05's prompt), so the model sees the answer format it is asked for."""
-    turns = [({"instruction": instruct.SENTIMENT_INSTRUCTION.format(text=s["text"])}, LABEL_WORDS[s["label"]])
-             for s in shots]
-    query = {"instruction": instruct.SENTIMENT_INSTRUCTION.format(text=text)}
+def check_instruction(instruction: str) -> str:
+    if not isinstance(instruction, str) or "{text}" not in instruction:
+        raise ValueError(f"the instruction must be a string with a {{text}} slot where the review goes, got "
+                         f"{instruction!r}; e.g. 'Is this review positive or negative?\\n\\nReview: {{text}}'")
+    return instruction
+
+
+def few_shot_prompt(text: str, shots, tokenizer, template: str = "alpaca",
+                    instruction: str = instruct.SENTIMENT_INSTRUCTION) -> str:
+    """Session 05's sentiment prompt for `text` (or `instruction`, a string with a {text} slot), preceded by the k
+    solved examples as earlier turns of the same template (k=0: exactly session 05's prompt), so the model sees the
+    answer format it is asked for."""
+    check_instruction(instruction)
+    turns = [({"instruction": instruction.format(text=s["text"])}, LABEL_WORDS[s["label"]]) for s in shots]
+    query = {"instruction": instruction.format(text=text)}
     if template == "chat":
         chat = [m for row, answer in turns for m in (*instruct.messages(row), {"role": "assistant", "content": answer})]
         return tokenizer.apply_chat_template(chat + instruct.messages(query), tokenize=False, add_generation_prompt=True)
@@ -50,10 +60,11 @@ def few_shot_prompt(text: str, shots, tokenizer, template: str = "alpaca") -> st
         instruct.render(query, tokenizer, template)
 
 
-def few_shot_prompts(texts, pool, k: int, seed: int, tokenizer, template: str = "alpaca") -> list[str]:
+def few_shot_prompts(texts, pool, k: int, seed: int, tokenizer, template: str = "alpaca",
+                     instruction: str = instruct.SENTIMENT_INSTRUCTION) -> list[str]:
     """The exact prompt texts for `texts`, each with the same k examples drawn with `seed`."""
     shots = draw_shots(pool, k, seed)
-    return [few_shot_prompt(t, shots, tokenizer, template) for t in texts]
+    return [few_shot_prompt(t, shots, tokenizer, template, instruction) for t in texts]
 
 
 def context_length(model) -> int:
@@ -81,27 +92,88 @@ def label_word_ids(tokenizer, words=LABEL_WORDS) -> list[list[int]]:
     return ids
 
 
-def label_word_scores(model, tokenizer, prompts, words=LABEL_WORDS, batch_size: int = 8) -> np.ndarray:
-    """log P(label word | prompt) for every prompt and label word: one forward pass, no generation.
+def batches_by_length(lengths, batch_size: int) -> list[list[int]]:
+    """Positions 0..n-1 in batches of `batch_size`, longest first: sequences of similar length share a batch, so
+    little compute goes to padding. Scores are put back in the original order by these positions."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def shared_prefix_length(token_lists) -> int:
+    """How many tokens every list starts with; at most the shortest length minus one, so that every prompt keeps
+    at least one token of its own (the one whose next-token scores are read)."""
+    token_lists = [list(t) for t in token_lists]
+    if not token_lists or not all(token_lists):
+        return 0
+    n = min(len(t) for t in token_lists) - 1
+    first = token_lists[0]
+    for other in token_lists[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return n
+
+
+def prefix_cache(model, prefix_ids):
+    """The keys and values of every layer for `prefix_ids` (a list of token ids), computed once: transformers'
+    cache object (a `DynamicCache` for SmolLM2), ready to be copied for each batch that continues the prefix."""
+    ids = models.on_device(torch.tensor([list(prefix_ids)]), model)
+    with torch.inference_mode():
+        return model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+
+
+def next_token_logits(model, token_lists, pad_id: int, prefix=None, prefix_length: int = 0) -> torch.Tensor:
+    """Logits over the vocabulary for the token after each of `token_lists` (one batch, left-padded here), float32,
+    shape (batch, vocabulary).
+
+    With `prefix` (a `prefix_cache` of `prefix_length` tokens), each list is the continuation of that prefix: the
+    cache is copied and repeated for the batch (the model appends to its cache, and the prefix is reused by the next
+    batch), and the positions continue after the prefix, so the scores equal those of the whole prompts."""
+    width = max(len(t) for t in token_lists)
+    ids = torch.tensor([[pad_id] * (width - len(t)) + list(t) for t in token_lists])
+    mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in token_lists])
+    positions = prefix_length + (mask.cumsum(-1) - 1).clamp(min=0)        # as if each list followed the prefix alone
+    if prefix is not None:
+        mask = torch.cat([torch.ones(len(token_lists), prefix_length, dtype=mask.dtype), mask], dim=1)
+    inputs = models.on_device({"input_ids": ids, "attention_mask": mask, "position_ids": positions}, model)
+    with torch.inference_mode():
+        cache = None
+        if prefix is not None:
+            cache = copy.deepcopy(prefix)
+            cache.batch_repeat_interleave(len(token_lists))
+        out = model(**inputs, past_key_values=cache, use_cache=cache is not None, logits_to_keep=1)
+    return out.logits[:, -1, :].float()
+
+
+def label_word_scores(model, tokenizer, prompts, words=LABEL_WORDS, batch_size: int = 8,
+                      cache_prefix: bool = True) -> np.ndarray:
+    """log P(label word | prompt) for every prompt and label word, shape (prompts, words): one forward pass per
+    batch, no generation.
 
     A label's probability is the sum over its spellings' first tokens (`label_word_ids`). The prediction is the
-    likelier label, so the answer can never be unparseable. Prompts are left-padded, so the last position of
-    every row is where the answer starts."""
+    likelier label, so the answer can never be unparseable. Prompts are scored longest first in batches
+    (`batches_by_length`), left-padded, so the last position of every row is where the answer starts.
+
+    `cache_prefix`: the tokens all prompts share (k-shot: the instruction and the k examples) go through the model
+    once (`prefix_cache`); each batch runs only its own tokens on a copy of that cache (`next_token_logits`). The
+    scores equal those without the cache up to float rounding (tests/test_choose.py); the time falls with the share
+    of shared tokens. Hosted LLM APIs do the same with a prompt prefix sent again ("prompt caching"), and charge
+    less for the cached tokens."""
     ids = label_word_ids(tokenizer, words)
+    prompts = list(prompts)
+    out = np.zeros((len(prompts), len(ids)))
+    if not prompts:
+        return out
+    tokens = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    shared = shared_prefix_length(tokens) if cache_prefix else 0
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.eval()
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    out = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            enc = models.on_device(tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt",
-                                             padding=True, add_special_tokens=False), model)
-            with torch.no_grad():
-                last = model(**enc, logits_to_keep=1).logits[:, -1, :].float()  # the vocabulary at one position only
-            logp = torch.log_softmax(last, dim=-1)
-            out.append(torch.stack([logp[:, i].logsumexp(-1) for i in ids], dim=1).cpu().numpy())
-    finally:
-        tokenizer.padding_side = side
-    return np.concatenate(out) if out else np.zeros((0, len(ids)))
+    prefix = prefix_cache(model, tokens[0][:shared]) if shared else None
+    for batch in batches_by_length([len(t) for t in tokens], batch_size):
+        logp = torch.log_softmax(next_token_logits(model, [tokens[i][shared:] for i in batch], pad_id, prefix,
+                                                   shared), dim=-1)
+        out[batch] = torch.stack([logp[:, i].logsumexp(-1) for i in ids], dim=1).cpu().numpy()
+    return out
 
 
 # Zero-shot, the instruct model starts its answer with this sentence, not with the label word (its likeliest first
@@ -109,17 +181,74 @@ def label_word_scores(model, tokenizer, prompts, words=LABEL_WORDS, batch_size: 
 ANSWER_PREFIX = "The sentiment of this movie review is"
 
 
+class Scored(dict):
+    """A results row (a dict: accuracy, tokens, time) that also keeps what it was computed from: `.prompts`,
+    `.labels` and `.scores` (log P of each label word, shape (prompts, labels))."""
+
+    def __init__(self, row: dict, prompts, labels, scores):
+        super().__init__(row)
+        self.prompts, self.labels, self.scores = list(prompts), np.asarray(labels), np.asarray(scores)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.scores.argmax(axis=1)
+
+
 def kshot_eval(model, tokenizer, rows, pool, k: int, seed: int = 0, template: str = "alpaca",
-               answer_prefix: str = "") -> dict:
-    """Accuracy, prompt tokens and milliseconds per prediction of k-shot label-word scoring on `rows` (text, label).
-    `answer_prefix` is written at the start of the answer (prefilled) and the label word is scored after it."""
-    prompts = [p + answer_prefix for p in few_shot_prompts([r["text"] for r in rows], pool, k, seed, tokenizer, template)]
+               answer_prefix: str = "", instruction: str = instruct.SENTIMENT_INSTRUCTION,
+               cache_prefix: bool = True) -> Scored:
+    """Accuracy, prompt tokens and milliseconds per prediction of k-shot label-word scoring on `rows` (text, label),
+    as a `Scored` row. `answer_prefix` is written at the start of the answer (prefilled) and the label word is scored
+    after it; `instruction` replaces session 05's sentiment instruction (a {text} slot for the review);
+    `cache_prefix`: see `label_word_scores` (the time includes computing the shared prefix once)."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no rows to score; pass at least one (text, label) row")
+    prompts = [p + answer_prefix for p in few_shot_prompts([r["text"] for r in rows], pool, k, seed, tokenizer,
+                                                             template, instruction)]
     counts = check_fits(prompts, tokenizer, context_length(model))
+    shared = shared_prefix_length(tokenizer(prompts, add_special_tokens=False)["input_ids"]) if cache_prefix else 0
+    labels = np.array([r["label"] for r in rows])
     start = time.perf_counter()
-    predicted = label_word_scores(model, tokenizer, prompts).argmax(axis=1)
+    scores = label_word_scores(model, tokenizer, prompts, cache_prefix=cache_prefix)
     seconds = time.perf_counter() - start
-    return {"k": k, "draw": seed, "accuracy": float(np.mean(predicted == np.array([r["label"] for r in rows]))),
-            "prompt tokens": float(np.mean(counts)), "ms per prediction": 1000 * seconds / len(rows)}
+    row = {"k": k, "draw": seed, "accuracy": float(np.mean(scores.argmax(axis=1) == labels)),
+           "prompt tokens": float(np.mean(counts)), "cached prefix tokens": shared,
+           "ms per prediction": 1000 * seconds / len(rows)}
+    return Scored(row, prompts, labels, scores)
+
+
+# The k-shot sweep: every k, several draws of the examples. Recorded (`python -m ftkit record choose_kshot`), since
+# all of it takes minutes; the notebook runs two points live and checks them against the recording.
+def kshot_settings(profile) -> dict:
+    """Everything that decides the k-shot sweep's rows, for a profile (`ftkit.results.SWEEPS["choose_kshot"]`)."""
+    name = profile.name
+    return {"model": profile.models["causal"], "test reviews": {"smoke": 8, "cpu": 100, "gpu": 1000}[name],
+            "pool": 64, "k": [0, 1, 2, 4, 8], "draws": {"smoke": 1, "cpu": 5, "gpu": 5}[name],
+            "instruction": instruct.SENTIMENT_INSTRUCTION, "template": "alpaca", "label words": list(LABEL_WORDS),
+            "test rows": "rotten_tomatoes test, data.take(n, stratify='label')",
+            "pool rows": "rotten_tomatoes train, data.take(pool, seed=1)"}
+
+
+def kshot_rows(settings: dict) -> tuple[list[dict], list[dict]]:
+    """(test rows, pool) of the k-shot sweep: the held-out reviews every approach is scored on, and the training
+    reviews the k examples are drawn from."""
+    from . import data
+
+    rt = data.load("rotten_tomatoes")
+    return (list(data.take(rt["test"], settings["test reviews"], stratify="label")),
+            list(data.take(rt["train"], settings["pool"], seed=1)))
+
+
+def kshot_sweep(cfg) -> list[dict]:
+    """Every k of `kshot_settings`, with `draws` draws of the examples for k > 0 (one for k = 0, which has none):
+    one `kshot_eval` row each."""
+    settings = kshot_settings(cfg.profile)
+    model, tokenizer = models.load_causal(cfg)
+    test_rows, pool = kshot_rows(settings)
+    return [dict(kshot_eval(model, tokenizer, test_rows, pool, k, draw, settings["template"],
+                            instruction=settings["instruction"]))
+            for k in settings["k"] for draw in (range(1) if k == 0 else range(settings["draws"]))]
 
 
 # --------------------------------------------------------------------------- 2. a knowledge task
@@ -132,13 +261,37 @@ def check_question(question) -> str:
 class AnswerIndex:
     """Every answer embedded once with the sentence model; `search` returns the top-k by cosine similarity."""
 
-    def __init__(self, answers, sentence_model, batch_size: int = 32):
+    def __init__(self, answers, sentence_model, batch_size: int = 32, cache: bool = True):
         self.answers = list(answers)
         if not self.answers:
             raise ValueError("the answer index needs at least one answer")
         self.model = sentence_model
+        path = self._cache_path(sentence_model) if cache else None
+        if path is not None and path.is_file():
+            self.vectors = np.load(path, allow_pickle=False)
+            return
         self.vectors = sentence_model.encode(self.answers, batch_size=batch_size, convert_to_numpy=True,
                                              normalize_embeddings=True)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, self.vectors, allow_pickle=False)
+            tmp.replace(path)
+
+    def _cache_path(self, sentence_model):
+        """The vectors' file in ftkit's cache, keyed by the model (its folder or Hub id and max length) and the exact
+        answers, as `tuning.embed` keys its cache: a second run of the notebook loads them instead of embedding
+        again. None for a model without a name (nothing safe to key by)."""
+        import hashlib
+
+        name = getattr(getattr(sentence_model[0], "auto_model", None), "name_or_path", None) \
+            if hasattr(sentence_model, "__getitem__") else None
+        if not name:
+            return None
+        key = hashlib.sha256("\x00".join([str(name), str(getattr(sentence_model, "max_seq_length", "")),
+                                          *self.answers]).encode()).hexdigest()[:20]
+        return models.cache_dir() / "answer_index" / f"{key}.npy"
 
     def search(self, questions, top_k: int) -> list[list[tuple[int, float]]]:
         """For each question, the top_k (answer position, cosine similarity) pairs, best first."""
@@ -167,6 +320,78 @@ def rag_row(question: str, passages) -> dict:
     """An instruction row whose context holds the retrieved passages (Alpaca's ### Context: slot)."""
     context = "\n\n".join(f"Passage {i + 1}: {p}" for i, p in enumerate(passages))
     return {"instruction": RAG_INSTRUCTION.format(question=check_question(question)), "context": context}
+
+
+def generate_by_length(model, tokenizer, rows, max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """`instruct.generate`'s greedy answers for `rows`, in their order, generated longest prompt first: prompts of
+    similar length share a batch, so little time goes to padding (RAG prompts differ by hundreds of tokens)."""
+    rows = list(rows)
+    lengths = [len(tokenizer(instruct.render(r, tokenizer), add_special_tokens=False)["input_ids"]) for r in rows]
+    order = [i for batch in batches_by_length(lengths, batch_size) for i in batch]
+    answers = instruct.generate(model, tokenizer, [rows[i] for i in order], max_new_tokens, batch_size=batch_size)
+    out = [""] * len(rows)
+    for i, answer in zip(order, answers):
+        out[i] = answer
+    return out
+
+
+def bootstrap_mean(values, seed: int = 0, draws: int = 2000) -> dict:
+    """Mean of `values` with its 95% bootstrap interval (percentiles of the means of `draws` resamples, with
+    replacement, of the same size). The spread is over which items were drawn: with 30 items it is wide."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        raise ValueError("no values to average (all missing); score at least one item")
+    means = np.random.default_rng(seed).choice(x, size=(draws, len(x))).mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(x.mean()), "low": float(low), "high": float(high), "n": int(len(x))}
+
+
+def paired_difference(a, b, seed: int = 0, draws: int = 2000) -> dict:
+    """Mean of a - b over the same items (e.g. the same questions answered two ways), with its 95% bootstrap
+    interval. `shown`: "+0.027 (-0.010 to +0.064)". `clear`: the interval excludes 0, so the sign is not a tie."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores need the same items on both sides: got {len(a)} and {len(b)}")
+    d = bootstrap_mean(a - b, seed, draws)
+    d["clear"] = d["low"] > 0 or d["high"] < 0
+    d["shown"] = f"{d['mean']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f})"
+    return d
+
+
+def knowledge_sets(train_split, test_split, tuned_ids, n: int, seed: int = 0) -> dict:
+    """Three sets of reference answers for a teacher-forced knowledge test of a model fine-tuned on the training
+    pairs `tuned_ids` (their "id" values), n answers each:
+
+    * "trained": answers it was trained on (memorised text);
+    * "seen focus, new question": other questions of the training split about a focus (disease) it was trained on,
+      e.g. "How is X treated?" when "What are the symptoms of X?" was trained: facts it could have learned;
+    * "unseen focus": the test split, whose diseases never appear in training: only the answers' form can help.
+
+    Encoded knowledge shows as the "seen focus" loss falling by more than the "unseen focus" loss."""
+    tuned_ids = set(tuned_ids)
+    trained = [r for r in train_split if r["id"] in tuned_ids]
+    focuses = {r["focus"] for r in trained}
+    seen = [r for r in train_split if r["focus"] in focuses and r["id"] not in tuned_ids]
+    sets = {"trained": trained, "seen focus, new question": seen, "unseen focus": list(test_split)}
+    for name, rows in sets.items():
+        if len(rows) < n:
+            raise ValueError(f"the knowledge set {name!r} has {len(rows)} answers, fewer than n={n}; lower n or "
+                             "train on more pairs")
+    return {name: [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), n))]
+            for name, rows in sets.items()}
+
+
+def answer_losses(model, tokenizer, rows, max_length: int) -> np.ndarray:
+    """Per answer, the mean token loss (teacher forcing: one forward pass, no generation) of the reference answer
+    after its question, in session 05's template, cut at `max_length` tokens: `instruct.held_out_loss` one answer
+    at a time. Lower means the model finds the answer's words likelier."""
+    from datasets import Dataset
+
+    pairs = Dataset.from_list([{"instruction": r["question"], "context": "", "response": r["answer"]} for r in rows])
+    tokenized = instruct.tokenize_instructions(pairs, tokenizer, max_length)
+    return np.array([instruct.held_out_loss(model, tokenized.select([i]), tokenizer, batch_size=1)
+                     for i in range(len(tokenized))])
 
 
 def qa_scores(setup: str, answers, rows, sentence_model) -> "pd.DataFrame":  # noqa: F821

@@ -2,12 +2,15 @@
 
 - Data: `check_instruction_data`, `quality_flags` / `quality_report` / `clean`, templates (`prompt`, `messages`),
   `token_lengths` and `padding_waste`.
-- The loss: `label_example` (prompt tokens get -100), `hand_loss`, `sft` (trl's SFTTrainer, completion-only loss).
-- Generation and held-out loss: `generate`, `held_out_loss` (session 06 and 07 import these).
+- The loss: `label_example` (prompt tokens get -100), `hand_loss`, `teacher_forced`, `prompt_share`, `sft` (trl's
+  SFTTrainer, completion-only loss, optional validation rows and best checkpoint).
+- Generation and held-out loss: `generate`, `held_out_loss`, `response_losses` (session 06 and 07 import these).
 - Evaluation: `rouge_scores`, `embedding_similarity`, the judge (`judge_scores`, `judge_pairs`, `parse_score`,
-  `parse_choice`), `corrupt`, error taggers (`tag_errors`).
+  `parse_choice`), `corrupt`, error taggers (`tag_errors`), `by_length`, `blind_rating` (human evaluation).
+- Error analysis to a data fix: `data_fix`, `plan_data_fix`.
 - Forgetting: `sentiment_instructions`, `sentiment_accuracy`, `general_accuracy`, `forgetting_check` (per-epoch
-  trajectory; stops a run at a matched task gain).
+  trajectory; can stop a run at a target task accuracy), `narrow_run`.
+- The session's runs: `sizes` (per profile), `session_data`, `dolly_lora`, `recorded_runs` (the recorded sweep).
 """
 from __future__ import annotations
 
@@ -232,32 +235,60 @@ def causal_collator(tokenizer):
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 
 
-def held_out_loss(model, dataset, tokenizer, batch_size: int | None = None) -> float:
-    """Mean token loss on the responses of a held-out split (tokenized with `tokenize_instructions`).
+def response_losses(model, dataset, tokenizer, batch_size: int | None = None) -> list[tuple[float, int]]:
+    """Per held-out row (tokenized with `tokenize_instructions`): (the sum of its response tokens' losses, how many
+    there are). A row whose response was cut away by max_length gives (0.0, 0).
 
-    Batches of 8, or of 1 on a small-memory machine: the logits over the 49,152-token vocabulary take 200 MB per
-    1,000 tokens, and the loss holds a few copies of them.
-    A split with no response token left (every response cut off by max_length) is a ValueError, not a number."""
+    Next-token cross-entropy as the model computes it (position t predicts token t + 1, -100 skipped), in batches of
+    8, or of 1 on a small-memory machine: the logits over the 49,152-token vocabulary take 200 MB per 1,000 tokens,
+    and the loss holds a few copies of them."""
     from torch.utils.data import DataLoader
 
     from .env import is_small
+    from .train import release_freed_memory
 
-    batch_size = batch_size or (1 if is_small() else 8)
-
+    small = is_small()
+    batch_size = batch_size or (1 if small else 8)
     model.eval()
-    total, count = 0.0, 0
+    sums = []
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=causal_collator(tokenizer))
-    with torch.no_grad():
+    with torch.inference_mode():
         for batch in loader:
-            n = int((batch["labels"][:, 1:] != -100).sum())         # counted on the CPU, before the move
-            if n == 0:          # every response cut off by max_length: nothing to score (the model's mean is 0/0)
+            labels = batch.pop("labels")[:, 1:]
+            keep = labels != -100
+            if not keep.any():          # every response in the batch cut off by max_length: nothing to score
+                sums += [(0.0, 0)] * len(labels)
                 continue
-            total += float(model(**models.on_device(batch, model)).loss) * n
-            count += n
+            logits = model(**models.on_device(batch, model)).logits[:, :-1].float()
+            token_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.to(logits.device),
+                                                           ignore_index=-100, reduction="none")
+            sums += [(float(l), int(n)) for l, n in zip(token_loss.sum(1).cpu(), keep.sum(1))]
+            del logits, token_loss
+            if small:           # hand the row's freed buffers back: without it the process kept 600 MB more after
+                release_freed_memory()      # 60 rows (glibc keeps freed memory for reuse)
+    return sums
+
+
+def held_out_loss(model, dataset, tokenizer, batch_size: int | None = None, losses=None) -> float:
+    """Mean token loss on the responses of a held-out split (tokenized with `tokenize_instructions`): every response
+    token of every row weighs the same. `losses` are the rows' `response_losses` if you already have them.
+
+    A split with no response token left (every response cut off by max_length) is a ValueError, not a number."""
+    losses = response_losses(model, dataset, tokenizer, batch_size) if losses is None else losses
+    count = sum(n for _, n in losses)
     if count == 0:
         raise ValueError(f"none of the {len(dataset)} held-out rows has a response token to score (each was cut off "
                          "by max_length, or the split is empty); tokenize with a larger max_length")
-    return total / count
+    return sum(l for l, _ in losses) / count
+
+
+def example_loss(losses) -> float:
+    """The mean over rows of each row's mean response-token loss (rows with no response token left out): what the
+    Trainer reports as a validation loss when it scores one example at a time (`sft(validation_rows=...)`)."""
+    means = [l / n for l, n in losses if n]
+    if not means:
+        raise ValueError("no row has a response token to score; tokenize with a larger max_length")
+    return sum(means) / len(means)
 
 
 # --------------------------------------------------------------------------- training with trl
@@ -332,16 +363,20 @@ def check_responses_fit(sft_rows, tokenizer, max_length: int | None) -> int:
     return len(lost)
 
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
 def sft(model, tokenizer, train_rows, cfg, *, name: str, template: str = "alpaca", lora_rank: int | None = None,
-        max_length: int = 256, lora_alpha: float | None = None, lora_targets=None, **arg_overrides):
+        max_length: int = 256, lora_alpha: float | None = None, lora_targets=None, validation_rows=None,
+        keep_best: bool = False, completion_only_loss: bool = True, **arg_overrides):
     """Fine-tune with trl's SFTTrainer on prompt-completion pairs, loss on the completion only.
 
-    `lora_rank=None` trains every weight; a rank trains LoRA adapters (alpha 2 x rank unless given) on the
-    attention and MLP projections (or `lora_targets`) instead; peft injects them into `model` in place.
-    Returns a RunResult.
+    `lora_rank=None` trains every weight; a rank trains LoRA adapters (alpha 2 x rank unless given) on every Linear
+    layer of the transformer blocks (`models.lora_targets(model, "all-linear")`: attention and MLP projections), or
+    on `lora_targets`, instead; peft injects them into `model` in place. Returns a RunResult.
+
+    `validation_rows` (instruction rows held out from training and from the test set) are scored after every epoch
+    (`train.fit`'s validation: `RunResult.eval_history`, one "loss" per epoch, the mean over validation examples of
+    each example's mean response-token loss; one example at a time on every machine, so the number does not depend
+    on the batch). `keep_best=True` ends with the epoch of the lowest validation loss. `completion_only_loss=False`
+    grades the prompt's tokens too (trl's default for plain text): the variant quiz question 1 asks about.
 
     trl cuts each row to its first `max_length` tokens and drops the rows left with no response token. Before
     training, `check_responses_fit` counts them exactly: when it is every row, a ValueError names the max_length
@@ -355,26 +390,36 @@ def sft(model, tokenizer, train_rows, cfg, *, name: str, template: str = "alpaca
     if lora_rank is not None:
         from peft import LoraConfig
 
-        if not isinstance(lora_rank, int) or lora_rank <= 0:
+        if not isinstance(lora_rank, int) or isinstance(lora_rank, bool) or lora_rank <= 0:
             raise ValueError(f"lora_rank must be a positive integer or None (full fine-tuning), got {lora_rank!r}")
+        targets = list(lora_targets or models.lora_targets(model, "all-linear"))
         peft_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank, lora_dropout=0.0,
-                                 task_type="CAUSAL_LM", target_modules=list(lora_targets or LORA_TARGETS))
+                                 task_type="CAUSAL_LM", target_modules=targets)
     rows = sft_dataset(train_rows, template)
     lost = check_responses_fit(rows, tokenizer, max_length)
+    validation = {}
+    if validation_rows is not None:
+        validation = {"validation_ds": sft_dataset(validation_rows, template), "keep_best": keep_best,
+                      "per_device_eval_batch_size": 1}
+    elif keep_best:
+        raise ValueError("keep_best=True keeps the epoch with the lowest validation loss: pass validation_rows "
+                         "(rows held out from training and from the test set)")
     result = fit(model, rows, None, cfg, name=name, tokenizer=tokenizer,
                  trainer_class=SFTTrainer, args_class=SFTConfig, trainer_kwargs={"peft_config": peft_config},
-                 max_length=max_length, completion_only_loss=True, packing=False,
-                 **arg_overrides)
+                 max_length=max_length, completion_only_loss=completion_only_loss, packing=False,
+                 **validation, **arg_overrides)
     if lost:
         result.extra["rows without response tokens"] = lost
     return result
 
 
 # --------------------------------------------------------------------------- generation
-def generate(model, tokenizer, rows, max_new_tokens: int = 48, template: str = "alpaca", batch_size: int = 8) -> list[str]:
-    """Greedy answers for `rows` (dicts with an instruction), batched with left padding."""
+def generate(model, tokenizer, rows, max_new_tokens: int = 48, template: str = "alpaca", batch_size: int = 8,
+             **generate_kwargs) -> list[str]:
+    """Greedy answers for `rows` (dicts with an instruction), batched with left padding; `generate_kwargs` go to
+    `model.generate`."""
     texts = [render(row, tokenizer, template) for row in rows]
-    return complete(model, tokenizer, texts, max_new_tokens, batch_size)
+    return complete(model, tokenizer, texts, max_new_tokens, batch_size, **generate_kwargs)
 
 
 # On a small machine at most 4 prompts are answered at once: in session 05's cpu profile under 2 GB, batches of 8
@@ -383,8 +428,10 @@ def generate(model, tokenizer, rows, max_new_tokens: int = 48, template: str = "
 SMALL_MEMORY_GENERATE_BATCH = 4
 
 
-def complete(model, tokenizer, texts, max_new_tokens: int = 48, batch_size: int = 8) -> list[str]:
-    """Greedy continuations of raw prompt texts (left padding, so every row ends where generation starts)."""
+def complete(model, tokenizer, texts, max_new_tokens: int = 48, batch_size: int = 8, **generate_kwargs) -> list[str]:
+    """Greedy continuations of raw prompt texts (left padding, so every row ends where generation starts), in the
+    order of `texts`. Prompts are batched by length (longest first), so a batch pads little; `generate_kwargs` go to
+    `model.generate` (e.g. `no_repeat_ngram_size=3`)."""
     from .env import is_small
     from .train import release_freed_memory
 
@@ -393,22 +440,24 @@ def complete(model, tokenizer, texts, max_new_tokens: int = 48, batch_size: int 
         batch_size = min(batch_size, SMALL_MEMORY_GENERATE_BATCH)
     model.eval()
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    outs = []
+    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    outs = {}
     try:
-        for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            enc = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False)
             enc = models.on_device(enc, model)
-            with torch.no_grad():
+            with torch.inference_mode():
                 ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            outs += [t.strip() for t in tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:],
-                                                               skip_special_tokens=True)]
+                                     pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
+            answers = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            outs.update({i: t.strip() for i, t in zip(rows, answers)})
             if small:           # hand the batch's freed buffers back, so the next batch starts from the floor
                 release_freed_memory()
     finally:
         tokenizer.padding_side = side
-    return outs
+    return [outs[i] for i in range(len(texts))]
 
 
 def side_by_side(instruction: str, answers: dict):
@@ -659,12 +708,27 @@ GENERAL_QUESTIONS = (
 
 
 def sentiment_instructions(ds, label_names=("negative", "positive")):
-    """A sentiment Dataset (text, label) written as instruction/response pairs."""
+    """A sentiment Dataset (text, label) written as instruction/response pairs. The response is the label's word:
+    `label_names[label]` for a class id, or the label itself when it is already one of `label_names` (string
+    labels, e.g. "positive"). Anything else is a ValueError naming the row and the labels it accepts."""
     from .data import require_columns
 
     require_columns(ds, ["text", "label"], "sentiment data")
-    return ds.map(lambda r: {"instruction": SENTIMENT_INSTRUCTION.format(text=r["text"]), "context": "",
-                             "response": label_names[r["label"]]}, remove_columns=ds.column_names)
+    names = list(label_names)
+
+    def word(label, row):
+        if isinstance(label, str) and label in names:
+            return label
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(names):
+            return names[label]
+        raise ValueError(f"sentiment data row {row}: label {label!r} is neither a class id 0..{len(names) - 1} nor "
+                         f"one of the label words {names}; map your labels to these (ds.map) or pass label_names")
+
+    def convert(r, i):
+        return {"instruction": SENTIMENT_INSTRUCTION.format(text=r["text"]), "context": "",
+                "response": word(r["label"], i)}
+
+    return ds.map(convert, with_indices=True, remove_columns=ds.column_names)
 
 
 def parse_sentiment(answer: str) -> str | None:
@@ -694,12 +758,18 @@ def general_accuracy(model, tokenizer, template: str = "alpaca", questions=GENER
     return {"general QA": sum(hits) / len(hits), "answers": answers}
 
 
-def forgetting_check(tokenizer, task_rows, holdout, template: str = "alpaca", stop_at: float | None = None):
+def forgetting_check(tokenizer, task_rows, holdout, template: str = "alpaca", stop_at: float | None = None,
+                     before: dict | None = None):
     """A TrainerCallback that measures learning and forgetting before training and after every epoch: task
     accuracy on `task_rows` (validation rows, never the test rows) and the loss on `holdout` (tokenized dolly
     responses). Its `.history` is the run's learn-vs-forget trajectory. With `stop_at`, training stops at the
-    first epoch whose task accuracy reaches it: how a LoRA run is matched to full fine-tuning's task gain."""
+    first epoch whose task accuracy reaches it: how a LoRA run is matched to full fine-tuning's task gain.
+    `before` ({"validation accuracy": ..., "dolly loss": ...}) is the untrained model's measurement, when it is
+    already known (the same rows, template and model): it becomes epoch 0 instead of being measured again."""
     from transformers import TrainerCallback
+
+    if before is not None and not {"validation accuracy", "dolly loss"} <= set(before):
+        raise ValueError(f"before needs 'validation accuracy' and 'dolly loss', got {sorted(before)}")
 
     class ForgettingCheck(TrainerCallback):
         def __init__(self):
@@ -715,7 +785,11 @@ def forgetting_check(tokenizer, task_rows, holdout, template: str = "alpaca", st
             return acc
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            self.measure(model, 0)
+            if before is None:
+                self.measure(model, 0)
+            else:
+                self.history.append({"epoch": 0, "validation accuracy": float(before["validation accuracy"]),
+                                     "dolly loss": float(before["dolly loss"])})
 
         def on_epoch_end(self, args, state, control, model=None, **kwargs):
             if self.measure(model, round(state.epoch, 2)) >= (stop_at if stop_at is not None else float("inf")):
@@ -749,20 +823,24 @@ def with_adapter(model, adapter_dir):
         tuned.unload()
 
 
-def score_answers(name, answers, rows, sentence_model, judge, judge_tokenizer) -> "pd.DataFrame":  # noqa: F821
-    """One row per holdout answer: ROUGE-1/2/L, embedding cosine, judge score (None = unparsed), error tags.
-    `judge()` is a context that yields the judge model (e.g. `lambda: as_base(lora_model)`)."""
+def score_answers(name, answers, rows, sentence_model=None, judge=None, judge_tokenizer=None) -> "pd.DataFrame":  # noqa: F821
+    """One row per holdout answer: ROUGE-1/2/L, embedding cosine, judge score (None = unparsed), error tags, and the
+    answer's and reference's length in words. `judge()` is a context that yields the judge model (e.g.
+    `lambda: as_base(lora_model)`); without a judge (or a sentence model) that column is left empty (None)."""
     import pandas as pd
 
     refs, ins = [r["response"] for r in rows], [r["instruction"] for r in rows]
     rouge = rouge_scores(answers, refs)
-    cos = embedding_similarity(sentence_model, answers, refs)
-    with judge() as j:
-        judged = judge_scores(j, judge_tokenizer, ins, refs, answers)
+    cos = embedding_similarity(sentence_model, answers, refs) if sentence_model is not None else [None] * len(refs)
+    judged = {"scores": [None] * len(refs), "replies": [None] * len(refs)}
+    if judge is not None:
+        with judge() as j:
+            judged = judge_scores(j, judge_tokenizer, ins, refs, answers)
     out = pd.DataFrame({"model": name, "item": range(len(rows)), "answer": answers,
                         "rouge1": [r["rouge1"] for r in rouge], "rouge2": [r["rouge2"] for r in rouge],
                         "rougeL": [r["rougeL"] for r in rouge], "cosine": cos, "judge": judged["scores"],
-                        "judge reply": judged["replies"]})
+                        "judge reply": judged["replies"], "answer words": [len(words(a)) for a in answers],
+                        "reference words": [len(words(r)) for r in refs]})
     tags = pd.DataFrame([tag_errors(a, i, r) for a, i, r in zip(answers, ins, refs)])
     return pd.concat([out, tags], axis=1)
 
@@ -793,3 +871,397 @@ def summarize(scored, seed: int = 0, draws: int = 1000) -> "pd.DataFrame":  # no
 def metric_agreement(scored) -> "pd.DataFrame":  # noqa: F821
     """Spearman rank correlation between ROUGE-L, cosine and the judge over all scored answers."""
     return scored[["rougeL", "cosine", "judge"]].dropna().corr(method="spearman")
+
+
+# --------------------------------------------------------------------------- what the tuned model gets wrong, fixed in the data
+def data_fix(rows, error: str):
+    """The training rows without those whose *response* shows `error` (one of `ERRORS`), the course's "fix errors in
+    the data space": (kept rows, what was dropped, in words). Rows are any Dataset or list of instruction rows.
+
+    * too long: responses over twice the median response length (in words);
+    * repetitive: responses over 10% of whose word trigrams repeat an earlier one;
+    * non-words: responses over 10% of whose words are not in `vocabulary()`;
+    * copies instruction: responses that restate the instruction (`copies_instruction`);
+    * empty: responses under two words.
+
+    A ValueError when no row shows it (then the error does not come from the data: look at decoding or the
+    template) or when every row does."""
+    import statistics
+
+    if error not in ERRORS:
+        raise ValueError(f"unknown error category {error!r}; use one of {ERRORS}")
+    data = list(rows)
+    if not data:
+        raise ValueError("no training rows to fix")
+    median = statistics.median(len(words(r["response"])) for r in data)
+    rules = {
+        "too long": (lambda r: len(words(r["response"])) > 2 * median,
+                     f"responses over twice the median length ({2 * median:.0f} words)"),
+        "repetitive": (lambda r: repeated_ngram_rate(r["response"]) > 0.1,
+                       "responses over 10% of whose word trigrams repeat"),
+        "non-words": (lambda r: non_word_rate(r["response"]) > 0.1, "responses with over 10% non-words"),
+        "copies instruction": (lambda r: copies_instruction(r["response"], r["instruction"]),
+                               "responses that restate the instruction"),
+        "empty": (lambda r: len(words(r["response"])) < 2, "responses under two words"),
+    }
+    shows, what = rules[error]
+    keep = [i for i, r in enumerate(data) if not shows(r)]
+    if len(keep) == len(data):
+        raise ValueError(f"no training row has {what}: the '{error}' answers do not come from the training data "
+                         "(look at decoding, the template or max_new_tokens instead)")
+    if not keep:
+        raise ValueError(f"every training row has {what}: dropping them leaves nothing to train on")
+    kept = rows.select(keep) if hasattr(rows, "select") else [data[i] for i in keep]
+    return kept, f"dropped {len(data) - len(keep)} of {len(data)} training pairs: {what}"
+
+
+def most_frequent_error(scored, model: str) -> tuple[str | None, int]:
+    """The error category most frequent in `model`'s scored answers (ties: the first in `ERRORS`), and its count;
+    (None, 0) when no answer has an error."""
+    ranked = ranked_errors(scored, model)
+    return ranked[0] if ranked else (None, 0)
+
+
+def ranked_errors(scored, model: str) -> list[tuple[str, int]]:
+    """(error category, answers of `model` with it), most frequent first (ties: `ERRORS` order), zeros left out."""
+    part = scored[scored["model"] == model]
+    if part.empty:
+        raise ValueError(f"no scored answers of {model!r}; models: {sorted(scored['model'].unique())}")
+    counts = [(e, int(part[e].sum())) for e in ERRORS]
+    return sorted([c for c in counts if c[1]], key=lambda c: -c[1])      # sorted() is stable: ties keep ERRORS order
+
+
+def plan_data_fix(scored, model: str, rows) -> dict:
+    """The course's loop, one turn: take `model`'s errors from the most frequent down, and fix the first one that the
+    training data can explain (`data_fix` finds training responses with the same fault). An error that no training
+    response shows is skipped with the reason: it comes from elsewhere (decoding, the template, the length limit).
+    Returns {"error", "count", "rows" (the kept training rows), "fix" (what was dropped), "skipped": [(error, count,
+    why)]}; "error" is None when no error can be fixed in the data."""
+    plan = {"error": None, "count": 0, "rows": None, "fix": None, "skipped": []}
+    for error, count in ranked_errors(scored, model):
+        try:
+            kept, what = data_fix(rows, error)
+        except ValueError as why:
+            plan["skipped"].append((error, count, str(why)))
+            continue
+        return {**plan, "error": error, "count": count, "rows": kept, "fix": what}
+    return plan
+
+
+# --------------------------------------------------------------------------- teacher forcing, lengths, the prompt's share
+def teacher_forced(logits, labels, tokenizer) -> "pd.DataFrame":  # noqa: F821
+    """What one training forward pass predicts: for every graded position, the right next token (the label) and the
+    model's most likely token there, having read the *right* tokens before it (teacher forcing). One example
+    (logits 1 x T x V, labels 1 x T)."""
+    import pandas as pd
+
+    gold, predicted = labels[0, 1:].cpu(), logits[0, :-1].argmax(-1).cpu()
+    keep = gold != -100
+    if not keep.any():
+        raise ValueError("every label is -100: no response token to show")
+    return pd.DataFrame({"right token": tokenizer.convert_ids_to_tokens(gold[keep].tolist()),
+                         "predicted": tokenizer.convert_ids_to_tokens(predicted[keep].tolist()),
+                         "match": (gold[keep] == predicted[keep]).tolist()})
+
+
+def prompt_share(examples) -> float:
+    """The share of all tokens (every example's labels together) labelled -100: the prompt's share."""
+    labels = [l for ex in examples for l in ex["labels"]]
+    if not labels:
+        raise ValueError("no tokens to count")
+    return sum(l == -100 for l in labels) / len(labels)
+
+
+def by_length(values: dict, lengths, groups: int = 3) -> "pd.DataFrame":  # noqa: F821
+    """Means of each series in `values` ({name: one number per row}) over `groups` equal-sized groups of rows, from
+    the shortest `lengths` to the longest: does a longer output score worse?"""
+    import pandas as pd
+
+    frame = pd.DataFrame({"length": list(lengths), **{k: list(v) for k, v in values.items()}})
+    if len(frame) < groups:
+        raise ValueError(f"{len(frame)} rows cannot make {groups} length groups")
+    frame["group"] = pd.qcut(frame["length"].rank(method="first"), groups, labels=False)
+    table = frame.groupby("group").agg(rows=("length", "size"), shortest=("length", "min"),
+                                       longest=("length", "max"), **{k: (k, "mean") for k in values})
+    table.index = ["short", "medium", "long"] if groups == 3 else list(table.index)
+    return table
+
+
+# --------------------------------------------------------------------------- the session's runs, live and recorded
+# The sizes of each profile: the notebook's defaults, and the sizes its recorded runs used.
+SIZES = {
+    "smoke": {"eval every": 1, "train pairs": 8, "validation pairs": 4, "loss pairs": 4, "answers": 4, "judge pairs": 2,
+              "max length": 96, "new tokens": 8, "batch": 4, "epochs": 1, "steps": 2, "task pairs": 8,
+              "task test": 4, "task validation": 4, "general questions": 3, "forgetting answers": 4},
+    "cpu": {"eval every": 5, "train pairs": 160, "validation pairs": 40, "loss pairs": 60, "answers": 24, "judge pairs": 12,
+            "max length": 256, "new tokens": 64, "batch": 8, "epochs": 1, "steps": -1, "task pairs": 256,
+            "task test": 200, "task validation": 64, "general questions": 20, "forgetting answers": 12},
+    "gpu": {"eval every": 10, "train pairs": None, "validation pairs": 60, "loss pairs": 60, "answers": 40, "judge pairs": 20,
+            "max length": 512, "new tokens": 128, "batch": 16, "epochs": 3, "steps": -1, "task pairs": 2000,
+            "task test": 1000, "task validation": 200, "general questions": 20, "forgetting answers": 20},
+}
+RANK, LR_FULL, LR_LORA = 16, 5e-5, 5e-4
+MAX_ANSWER_WORDS = 60       # holdout instructions answered and scored: references that fit the new tokens
+
+
+def sizes(profile) -> dict:
+    """The sizes of session 05 in `profile` (a name, a Profile or ftkit.setup()'s cfg)."""
+    name = profile if isinstance(profile, str) else getattr(getattr(profile, "profile", profile), "name", None)
+    if name not in SIZES:
+        raise ValueError(f"no session 05 sizes for profile {name!r}; profiles: {sorted(SIZES)}")
+    return dict(SIZES[name])
+
+
+def fitting(ds, lengths, max_length: int):
+    """The rows of `ds` whose prompt + response (`lengths`, from `token_lengths`) fit in `max_length` tokens."""
+    if len(lengths) != len(ds):
+        raise ValueError(f"{len(lengths)} lengths for {len(ds)} rows")
+    return ds.select([i for i, n in enumerate(lengths) if n <= max_length])
+
+
+def split_validation(rows, n_train: int | None, n_validation: int, seed: int = 0):
+    """(training rows, validation rows): `n_validation` rows drawn with `seed` are held out, and `n_train` (None:
+    all) of the others train. The validation rows choose an epoch or a setting; the test split only scores."""
+    if not 0 < n_validation < len(rows):
+        raise ValueError(f"n_validation must be between 1 and {len(rows) - 1} (the rows that fit), got {n_validation}")
+    shuffled = rows.shuffle(seed=seed)
+    rest = len(rows) - n_validation
+    n_train = rest if n_train is None else n_train
+    if not 0 < n_train <= rest:
+        raise ValueError(f"n_train must be between 1 and {rest} (the rows left after validation), got {n_train}")
+    return (shuffled.select(range(n_validation, n_validation + n_train)), shuffled.select(range(n_validation)))
+
+
+def answerable(test, n: int, max_words: int = MAX_ANSWER_WORDS) -> list[dict]:
+    """The first `n` test rows whose reference answer has at most `max_words` words (so it fits the new tokens)."""
+    return [r for r in test if len(str(r["response"]).split()) <= max_words][:n]
+
+
+def narrow_task(train, probe, test, holdout, forget_rows, questions, new_tokens: int):
+    """What section 5's narrow fine-tunes train on and are measured with (a SimpleNamespace): the sentiment
+    instructions to train on, the validation reviews that choose when to stop (`probe`), the test reviews that score,
+    the tokenized dolly holdout (dolly loss), the holdout instructions whose answers get a ROUGE-L, the general
+    questions, and the new tokens per answer."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(train=train, probe=list(probe), test=list(test), holdout=holdout,
+                           forget_rows=list(forget_rows), questions=tuple(questions), new_tokens=new_tokens)
+
+
+def session_data(tokenizer, profile, template: str = "alpaca"):
+    """Everything session 05 trains and scores on, at `profile`'s sizes, built as the notebook builds it: dolly's
+    cleaned training pairs that fit, split into training and validation rows; the tokenized holdout (held-out loss)
+    and validation rows; the holdout instructions answered; section 5's `narrow_task`. A SimpleNamespace."""
+    from types import SimpleNamespace
+
+    from . import data
+
+    S = sizes(profile)
+    dolly = data.load("dolly")
+    train_clean = clean(dolly["train"])
+    fits = fitting(train_clean, token_lengths(train_clean, tokenizer, template), S["max length"])
+    train_rows, val_rows = split_validation(fits, S["train pairs"], S["validation pairs"])
+    holdout = tokenize_instructions(dolly["test"].select(range(S["loss pairs"])), tokenizer, S["max length"], template)
+    eval_rows = answerable(dolly["test"], S["answers"])
+    rt = data.load("rotten_tomatoes")
+    task = narrow_task(sentiment_instructions(data.take(rt["train"], S["task pairs"], stratify="label")),
+                       sentiment_instructions(data.take(rt["validation"], S["task validation"], stratify="label")),
+                       sentiment_instructions(data.take(rt["test"], S["task test"], stratify="label")),
+                       holdout, eval_rows[:S["forgetting answers"]], GENERAL_QUESTIONS[:S["general questions"]],
+                       S["new tokens"])
+    return SimpleNamespace(sizes=S, train_rows=train_rows, val_rows=val_rows, holdout=holdout,
+                           val_enc=tokenize_instructions(val_rows, tokenizer, S["max length"], template),
+                           eval_rows=eval_rows, task=task)
+
+
+def fine_tune(model, tokenizer, rows, cfg, *, method: str = "LoRA", rank: int = RANK, epochs: float | None = None,
+              lr: float | None = None, name: str | None = None, template: str = "alpaca", max_length: int | None = None,
+              batch: int | None = None, steps: int | None = None, **sft_kwargs):
+    """One run of session 05: full fine-tuning of `model` (pass a fresh copy) or LoRA rank `rank` beside its frozen
+    weights, with learning rate `LR_FULL` or `LR_LORA` unless given, logging every step. Max length, batch, epochs
+    and steps default to the profile's `sizes` (given epochs run whole: no step limit). `sft_kwargs` go to `sft`
+    (validation_rows, keep_best, completion_only_loss, callbacks, ...). Returns sft's RunResult."""
+    if method not in ("full", "LoRA"):
+        raise ValueError(f"method must be 'full' or 'LoRA', got {method!r}")
+    S = sizes(cfg)
+    lr = lr or (LR_FULL if method == "full" else LR_LORA)
+    name = name or (f"LoRA r={rank}" if method == "LoRA" else "full")
+    steps = steps if steps is not None else (S["steps"] if epochs is None else -1)
+    result = sft(model, tokenizer, rows, cfg, name=name, template=template,
+                 lora_rank=rank if method == "LoRA" else None, max_length=max_length or S["max length"],
+                 num_train_epochs=epochs or S["epochs"], max_steps=steps,
+                 per_device_train_batch_size=batch or S["batch"], learning_rate=lr, logging_steps=1, **sft_kwargs)
+    result.metrics["lr"] = lr
+    return result
+
+
+def what_it_can_do(model, tokenizer, task, name: str, known: dict | None = None, template: str = "alpaca") -> dict:
+    """Section 5's forgetting row for `model` on `task` (`narrow_task`): sentiment accuracy on the test reviews,
+    dolly loss, dolly ROUGE-L of the forgetting rows' answers, general questions. `known` holds what was already
+    measured on the same rows and model (e.g. {"dolly loss": ...} from the last epoch's check): not measured again."""
+    known = dict(known or {})
+    row = {"setup": name, **sentiment_accuracy(model, tokenizer, task.test, template)}
+    if "dolly loss" not in known:
+        known["dolly loss"] = held_out_loss(model, task.holdout, tokenizer)
+    if "dolly ROUGE-L" not in known:
+        answers = generate(model, tokenizer, task.forget_rows, task.new_tokens, template)
+        known["dolly ROUGE-L"] = mean_rouge_l(answers, task.forget_rows)
+    if "general QA" not in known:
+        known["general QA"] = general_accuracy(model, tokenizer, template, task.questions)["general QA"]
+    return {**row, **{k: known[k] for k in ("dolly loss", "dolly ROUGE-L", "general QA")}}
+
+
+def mean_rouge_l(answers, rows) -> float:
+    """The mean ROUGE-L of `answers` against the rows' reference responses."""
+    return sum(s["rougeL"] for s in rouge_scores(answers, [r["response"] for r in rows])) / len(rows)
+
+
+def narrow_run(model, tokenizer, cfg, task, method: str, epochs: float, name: str, before: dict,
+               stop_at: float | None = None, template: str = "alpaca"):
+    """Section 5's narrow fine-tune: `method` on the sentiment instructions for up to `epochs`, learning and
+    forgetting measured after every epoch (`forgetting_check`; `before` is the untrained model's epoch 0), then its
+    forgetting row (`what_it_can_do`, reusing the last epoch's dolly loss). LoRA trains beside `model` and is taken
+    out again afterwards; full fine-tuning trains `model` itself (pass a fresh copy). Returns (row, trajectory
+    DataFrame, the last validation accuracy)."""
+    import pandas as pd
+
+    check = forgetting_check(tokenizer, task.probe, task.holdout, template, stop_at=stop_at, before=before)
+    run = fine_tune(model, tokenizer, task.train, cfg, method=method, epochs=epochs, name=name, template=template,
+                    callbacks=[check])
+    last = check.history[-1]
+    row = {**what_it_can_do(run.model, tokenizer, task, name, {"dolly loss": last["dolly loss"]}, template),
+           "epochs": last["epoch"], "seconds": round(run.seconds - check.seconds, 1),
+           "% trainable": round(run.trainable_pct, 2)}
+    if method == "LoRA":
+        run.model.unload()      # `model` is the base again (LoRA never changed its weights)
+    run.model = None
+    return row, pd.DataFrame(check.history), last["validation accuracy"]
+
+
+def answer_summary(scored) -> dict:
+    """One model's scored answers in a row: mean ROUGE-L, answer words and cosine (when scored), error counts."""
+    out = {"rougeL": float(scored["rougeL"].mean()), "answer words": float(scored["answer words"].mean())}
+    if scored["cosine"].notna().all():
+        out["cosine"] = float(scored["cosine"].mean())
+    return {**out, **{e: int(scored[e].sum()) for e in ERRORS}}
+
+
+def recorded_settings(profile) -> dict:
+    """What decides session 05's recorded runs (`ftkit.results.SWEEPS["instruct_runs"]`): the profile's sizes and
+    the runs' settings."""
+    return {"sizes": sizes(profile), "rank": RANK, "lr LoRA": LR_LORA, "template": "alpaca",
+            "answer words": MAX_ANSWER_WORDS, "fixes": "data_fix v1", "runs": "dolly LoRA + data fix, narrow LoRA"}
+
+
+def dolly_lora(model, tokenizer, rows, val_rows, cfg, name: str | None = None, **kwargs):
+    """Session 05's dolly run: LoRA rank `RANK` beside `model`'s frozen weights at the profile's sizes, the
+    validation rows scored every `sizes(cfg)["eval every"]` optimizer steps and the checkpoint of the lowest
+    validation loss kept. The notebook's live run, its data-fix retrain and the recording all train through here,
+    so they are the same run. `kwargs` override `fine_tune`'s (the panel's epochs, rank, learning rate)."""
+    settings = {"validation_rows": val_rows, "keep_best": True, "eval_every": sizes(cfg)["eval every"], **kwargs}
+    return fine_tune(model, tokenizer, rows, cfg, name=name, **settings)
+
+
+def best_validation_loss(result) -> float:
+    """The validation loss of the checkpoint a run ended with: the best one with `keep_best`, else the last."""
+    if not result.eval_history:
+        raise ValueError(f"run {result.name!r} scored no validation rows (pass validation_rows)")
+    if result.best_step is None:
+        return result.eval_history[-1]["loss"]
+    return next(h["loss"] for h in result.eval_history if h["step"] == result.best_step)
+
+
+def recorded_runs(cfg) -> list[dict]:
+    """Session 05's longer runs, trained by the functions the notebook calls (`python -m ftkit record instruct_runs`).
+
+    Rows, by "part":
+    * "dolly": base, LoRA (`dolly_lora`: the notebook's live run, so its live held-out loss can be checked against
+      this one) and the data-fix retrain (`plan_data_fix` on the LoRA run's answers, then `dolly_lora` on the kept
+      rows): held-out loss, validation loss, ROUGE-L, answer length and error counts of the holdout answers;
+    * "forgetting" and "trajectory": the narrow sentiment fine-tune (LoRA, one epoch) next to the base model, and
+      its per-epoch learn-vs-forget trajectory."""
+    S = sizes(cfg)
+    model, tok = models.load_causal(cfg)
+    d = session_data(tok, cfg)
+    rows, new_tokens = [], S["new tokens"]
+
+    def dolly_row(run_name, m, result=None, **extra):
+        scored = score_answers(run_name, generate(m, tok, d.eval_rows, new_tokens), d.eval_rows)
+        row = {"part": "dolly", "run": run_name, "held-out loss": held_out_loss(m, d.holdout, tok),
+               **answer_summary(scored), **extra}
+        if result is not None:
+            row.update({"seconds": round(result.seconds, 1), "% trainable": round(result.trainable_pct, 3),
+                        "steps": result.steps, "validation loss": best_validation_loss(result),
+                        "best step": result.best_step})
+        return row, scored
+
+    base_val = example_loss(response_losses(model, d.val_enc, tok))
+    row, base_scored = dolly_row("base", model, **{"validation loss": base_val})
+    rows.append(row)
+    base_loss = row["held-out loss"]
+    lora = dolly_lora(model, tok, d.train_rows, d.val_rows, cfg)
+    row, scored = dolly_row(lora.name, lora.model, lora, **{"training pairs": len(d.train_rows)})
+    rows.append(row)
+    plan = plan_data_fix(scored, lora.name, d.train_rows)
+    lora.model.unload()
+    if plan["error"] is not None:
+        retrain = dolly_lora(model, tok, plan["rows"], d.val_rows, cfg, name=f"{lora.name}, data fix")
+        rows.append(dolly_row(retrain.name, retrain.model, retrain, **{
+            "fixed error": plan["error"], "fix": plan["fix"], "training pairs": len(plan["rows"])})[0])
+        retrain.model.unload()
+
+    # forgetting: a narrow sentiment fine-tune. The base model's numbers are those the notebook has by then: its
+    # validation accuracy and general questions from the template check, its first answers' ROUGE-L.
+    task = d.task
+    before = {"validation accuracy": sentiment_accuracy(model, tok, task.probe)["task accuracy"],
+              "dolly loss": base_loss}
+    known = {"dolly loss": base_loss, "general QA": general_accuracy(model, tok, "alpaca", task.questions)["general QA"],
+             "dolly ROUGE-L": mean_rouge_l(list(base_scored["answer"][:len(task.forget_rows)]), task.forget_rows)}
+    rows.append({"part": "forgetting", **what_it_can_do(model, tok, task, "base", known)})
+    row, trajectory, _ = narrow_run(model, tok, cfg, task, "LoRA", 1, "LoRA, one epoch", before)
+    rows.append({"part": "forgetting", **row})
+    rows += [{"part": "trajectory", "run": "LoRA, one epoch", **t} for t in trajectory.to_dict("records")]
+    return rows
+
+
+# --------------------------------------------------------------------------- human evaluation
+def blind_rating(scored, rows, n: int = 10, seed: int = 0):
+    """A form to rate `n` of the scored answers 1-5 without seeing which model wrote them (shuffled with `seed`, every
+    model's answers together), then compare: who wrote each, and the Spearman correlation of your ratings with
+    ROUGE-L, cosine and the judge. Returns the ipywidgets box; its `.ratings` maps a scored row's index to your
+    rating."""
+    import html
+
+    import ipywidgets as w
+    import pandas as pd
+    from IPython.display import display
+
+    if len(scored) == 0:
+        raise ValueError("no scored answers to rate")
+    picked = scored.sample(n=min(n, len(scored)), random_state=seed)
+    buttons, items = {}, []
+    for k, (index, r) in enumerate(picked.iterrows()):
+        row = rows[int(r["item"])]
+        buttons[index] = w.ToggleButtons(options=[1, 2, 3, 4, 5], value=None, style={"button_width": "32px"})
+        items.append(w.VBox([w.HTML(f"<b>{k + 1}. {html.escape(row['instruction'])}</b><br><i>reference:</i> "
+                                    f"{html.escape(row['response'])}<br><i>answer:</i> {html.escape(str(r['answer']))}"),
+                             buttons[index]]))
+    out, compare = w.Output(), w.Button(description="Compare", button_style="primary")
+
+    def on_compare(_):
+        ratings = {i: b.value for i, b in buttons.items() if b.value is not None}
+        box.ratings = ratings
+        out.clear_output()
+        with out:
+            if len(ratings) < 3:
+                print(f"rate at least 3 answers first ({len(ratings)} rated)")
+                return
+            table = scored.loc[list(ratings)].assign(you=pd.Series(ratings))
+            display(table[["model", "you", "rougeL", "cosine", "judge"]].round(3))
+            print("Spearman correlation with your ratings:",
+                  table[["you", "rougeL", "cosine", "judge"]].corr(method="spearman")["you"].drop("you").round(2).to_dict())
+
+    compare.on_click(on_compare)
+    box = w.VBox([*items, compare, out])
+    box.ratings = {}
+    return box

@@ -198,46 +198,96 @@ def eval_set(tokenizer, texts, unit: str = "token", probability: float = 0.15, s
     return out
 
 
-def masked_accuracy(model, examples, batch_size: int = 32) -> dict:
-    """Top-1 and top-5 accuracy over the hidden pieces, and the share of hidden words whose every piece
-    was guessed right (top-1)."""
+def shown_instead(examples, tokenizer, replace: str, seed: int = 1234) -> list[dict]:
+    """The same hidden positions as `examples` (an `eval_set`), with something other than [MASK] put there: the
+    original piece ("keep") or a random piece of the vocabulary ("random"). The two cases BERT's 80/10/10 rule trains
+    for, and a model trained with [MASK] only never meets: scoring them shows what it does with a visible piece."""
+    if replace not in ("keep", "random"):
+        raise ValueError(f"replace must be 'keep' or 'random', not {replace!r}")
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for e in examples:
+        where = e["labels"] != -100
+        ids = e["input_ids"].clone()
+        if replace == "keep":
+            ids[where] = e["labels"][where]
+        else:
+            ids[where] = torch.randint(len(tokenizer), (int(where.sum()),), generator=generator)
+        out.append({**e, "input_ids": ids})
+    return out
+
+
+def hidden_topk(model, examples, k: int = 5, batch_size: int = 32) -> list:
+    """For each example, the model's k best pieces at its hidden positions (labels != -100), best first: a LongTensor
+    [hidden, k] per example, in the examples' order.
+
+    Batches are made of examples of similar length (longest first), so a batch pads little; the 30k-way head runs at
+    the hidden positions only."""
     from torch.nn.utils.rnn import pad_sequence
 
     model.eval()
-    top1 = top5 = n = words_right = words = 0
-    with torch.no_grad():
-        for i in range(0, len(examples), batch_size):
-            part = examples[i:i + batch_size]
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    out = [None] * len(examples)
+    with torch.inference_mode():
+        for i in range(0, len(order), batch_size):
+            part = order[i:i + batch_size]
+            ids = [examples[j]["input_ids"] for j in part]
             batch = models.on_device({
-                "input_ids": pad_sequence([e["input_ids"] for e in part], batch_first=True),
-                "attention_mask": pad_sequence([torch.ones_like(e["input_ids"]) for e in part], batch_first=True),
-                "labels": pad_sequence([e["labels"] for e in part], batch_first=True, padding_value=-100)}, model)
+                "input_ids": pad_sequence(ids, batch_first=True),
+                "attention_mask": pad_sequence([torch.ones_like(x) for x in ids], batch_first=True),
+                "labels": pad_sequence([examples[j]["labels"] for j in part], batch_first=True, padding_value=-100)},
+                model)
             labels = batch.pop("labels")
             hidden = model.base_model(**batch).last_hidden_state
             where = labels != -100
-            best = models.head_logits(model, hidden[where]).topk(5, dim=-1).indices
-            gold = labels[where]
-            top1 += int((best[:, 0] == gold).sum())
-            top5 += int((best == gold[:, None]).any(-1).sum())
-            n += len(gold)
-            right = torch.full_like(labels, -1)
-            right[where] = (best[:, 0] == gold).long()
-            for e, r in zip(part, right):
-                hidden_words: dict = {}
-                for w, ok in zip(e["words"].tolist(), r[: len(e["words"])].tolist()):
-                    if ok >= 0:
-                        hidden_words[w] = hidden_words.get(w, True) and bool(ok)
-                words += len(hidden_words)
-                words_right += sum(hidden_words.values())
-    return {"top1": top1 / max(n, 1), "top5": top5 / max(n, 1), "word top1": words_right / max(words, 1),
-            "hidden pieces": n, "hidden words": words}
+            best = models.head_logits(model, hidden[where]).topk(k, dim=-1).indices.cpu()
+            for j, piece in zip(part, best.split(where.sum(-1).tolist())):
+                out[j] = piece
+    return out
+
+
+def predictions(model, examples) -> list:
+    """The model's top-1 piece at each example's hidden positions, and -100 elsewhere: one LongTensor per example, as
+    long as its `input_ids` (compare it with the example's `labels`)."""
+    out = []
+    for e, best in zip(examples, hidden_topk(model, examples, k=1)):
+        guess = torch.full_like(e["labels"], -100)
+        guess[e["labels"] != -100] = best[:, 0]
+        out.append(guess)
+    return out
+
+
+def masked_accuracy(model, examples, batch_size: int = 32) -> dict:
+    """Top-1 and top-5 accuracy over the hidden pieces, and the share of hidden words whose every piece
+    was guessed right (top-1)."""
+    top1 = top5 = n = words_right = words = 0
+    for e, best in zip(examples, hidden_topk(model, examples, 5, batch_size)):
+        where = e["labels"] != -100
+        gold = e["labels"][where]
+        right = best[:, 0] == gold
+        top1 += int(right.sum())
+        top5 += int((best == gold[:, None]).any(-1).sum())
+        n += len(gold)
+        hidden_words: dict = {}
+        for w, ok in zip(e["words"][where].tolist(), right.tolist()):
+            hidden_words[w] = hidden_words.get(w, True) and ok
+        words += len(hidden_words)
+        words_right += sum(hidden_words.values())
+    if n == 0:
+        raise ValueError(f"none of the {len(examples)} examples has a hidden piece (labels != -100): build them with "
+                         "mlm.eval_set, on texts long enough to mask")
+    return {"top1": top1 / n, "top5": top5 / n, "word top1": words_right / words, "hidden pieces": n,
+            "hidden words": words}
 
 
 def pseudo_perplexity(model, tokenizer, texts, max_length: int = 48, batch_size: int = 128) -> float:
     """Salazar et al. (2020): hide each piece in turn, score it, and take exp(-mean log-probability).
 
-    One forward pass per piece, so keep `texts` short; the head runs on the hidden position only.
-    """
+    One forward pass per piece, so keep `texts` short (they are cut at `max_length` pieces, shorter than the 128 of
+    training, to keep the copies cheap). The copies are batched by length and the head runs on the hidden position
+    only."""
+    from torch.nn.utils.rnn import pad_sequence
+
     texts = data.check_texts(texts)
     model.eval()
     copies, targets, positions = [], [], []
@@ -248,32 +298,37 @@ def pseudo_perplexity(model, tokenizer, texts, max_length: int = 48, batch_size:
             copies.append(torch.tensor(masked))
             targets.append(ids[pos])
             positions.append(pos)
-    from torch.nn.utils.rnn import pad_sequence
-
+    if not copies:
+        raise ValueError("the texts have no word pieces to score")
+    order = sorted(range(len(copies)), key=lambda i: -len(copies[i]))
     total = 0.0
-    with torch.no_grad():
-        for i in range(0, len(copies), batch_size):
-            ids = pad_sequence(copies[i:i + batch_size], batch_first=True, padding_value=tokenizer.pad_token_id)
+    with torch.inference_mode():
+        for i in range(0, len(order), batch_size):
+            part = order[i:i + batch_size]
+            ids = pad_sequence([copies[j] for j in part], batch_first=True, padding_value=tokenizer.pad_token_id)
             batch = models.on_device({"input_ids": ids, "attention_mask": (ids != tokenizer.pad_token_id).long(),
                                       "rows": torch.arange(len(ids)),
-                                      "positions": torch.tensor(positions[i:i + batch_size]),
-                                      "targets": torch.tensor(targets[i:i + batch_size])}, model)
+                                      "positions": torch.tensor([positions[j] for j in part]),
+                                      "targets": torch.tensor([targets[j] for j in part])}, model)
             hidden = model.base_model(input_ids=batch["input_ids"],
                                       attention_mask=batch["attention_mask"]).last_hidden_state
             rows = batch["rows"]
             logp = models.head_logits(model, hidden[rows, batch["positions"]]).log_softmax(-1)
             total += float(logp[rows, batch["targets"]].sum())
-    return float(torch.exp(torch.tensor(-total / max(len(targets), 1))))
+    return float(torch.exp(torch.tensor(-total / len(targets))))
 
 
-def evaluate(model, tokenizer, sets: dict, ppl_texts: dict | None = None) -> dict:
-    """Accuracy on each fixed evaluation set (and pseudo-perplexity where texts are given), one flat row."""
+def evaluate(model, tokenizer, sets: dict, ppl_texts: dict | None = None, probes: dict | None = None) -> dict:
+    """Accuracy on each fixed evaluation set, pseudo-perplexity where texts are given, and top-1 on each probe
+    (`shown_instead`: what the model guesses when the original or a random piece is shown), as one flat row."""
     row = {}
     for name, examples in sets.items():
         scores = masked_accuracy(model, examples)
         row[f"{name} top1"], row[f"{name} top5"] = scores["top1"], scores["top5"]
         if name.endswith("word"):
             row[f"{name} whole-word top1"] = scores["word top1"]
+    for name, examples in (probes or {}).items():
+        row[f"{name} top1"] = masked_accuracy(model, examples)["top1"]
     for name, texts in (ppl_texts or {}).items():
         row[f"{name} pseudo-ppl"] = pseudo_perplexity(model, tokenizer, texts)
     return row
@@ -295,26 +350,30 @@ SMALL_MEMORY_MICRO_BATCH = 4
 
 
 def adapt(cfg, texts, scheme: str = "whole_word", probability: float = 0.15, epochs: float | None = None,
-          learning_rate: float = 1e-4, max_length: int = 128, model=None, name: str | None = None, **overrides):
+          learning_rate: float = 1e-4, max_length: int = 128, model=None, name: str | None = None,
+          mask_token_only: bool = True, seed: int | None = None, **overrides):
     """Continue masked-LM training on `texts`: (adapted model, RunResult with seconds and peak RAM).
 
-    Starts from `model` or a fresh `models.load_masked_lm(cfg)`. Both schemes replace every chosen
-    piece by [MASK], so the comparison changes one thing only: what is chosen.
+    Starts from `model` or a fresh `models.load_masked_lm(cfg)`. By default both schemes replace every chosen
+    piece by [MASK], so the comparison changes one thing only: what is chosen. `mask_token_only=False` (token
+    masking only) trains with BERT's 80/10/10 rule, transformers' default. `seed` (default `cfg.seed`) draws the
+    masks and the order of the paragraphs.
     """
     from datasets import Dataset
 
+    seed = cfg.seed if seed is None else seed
     tokenizer = models.load_tokenizer("encoder", cfg)
+    collator = masking_collator(tokenizer, scheme, probability, seed=seed, mask_token_only=mask_token_only)
+    dataset = Dataset.from_list(encode(tokenizer, texts, max_length))
     model = model if model is not None else models.load_masked_lm(cfg)
-    rows = encode(tokenizer, texts, max_length)
-    dataset = Dataset.from_list(rows)
-    collator = masking_collator(tokenizer, scheme, probability, seed=cfg.seed, mask_token_only=True)
-    args = {"remove_unused_columns": False, "learning_rate": learning_rate, "warmup_steps": 0,
+    args = {"remove_unused_columns": False, "learning_rate": learning_rate, "warmup_steps": 0, "seed": seed,
             "micro_batch": SMALL_MEMORY_MICRO_BATCH, **overrides}      # micro_batch applies on a small machine only
     if epochs is not None:
         args["num_train_epochs"] = epochs
     result = train.fit(model, dataset, None, cfg, name=name or f"{scheme}, p={probability}", data_collator=collator,
                        trainer_class=MaskedOnlyTrainer, **args)
-    result.extra.update(scheme=scheme, probability=probability)
+    result.extra.update(scheme=scheme, probability=probability, replacement=replacement_name(mask_token_only),
+                        seed=seed)
     return model.eval(), result
 
 
@@ -323,6 +382,113 @@ def encoder_state(mlm_model) -> dict:
 
     Detached views, not copies (90 MB saved): `load_state_dict` copies them into each new classifier."""
     return {k: v.detach() for k, v in mlm_model.base_model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- the notebook's runs, and their recording
+# Per profile: paragraphs to train on (None: all), held-out medical paragraphs to score (twice as many general
+# sentences), texts for pseudo-perplexity, and tokens per paragraph in training.
+SIZES = {"smoke": {"train": 64, "heldout": 24, "ppl": 4, "max_length": 64},
+         "cpu": {"train": 1600, "heldout": 200, "ppl": 32, "max_length": 128},
+         "gpu": {"train": None, "heldout": 564, "ppl": 64, "max_length": 256}}
+ADAPT_LR = 1e-4                 # the same for every run and for the panel
+ADAPT_PROBABILITY = 0.15
+# What a chosen piece becomes: [MASK] always, or BERT's rule (80% [MASK], 10% a random piece, 10% left as it is).
+REPLACEMENTS = {"[MASK] only": True, "80/10/10": False}          # name -> mask_token_only
+# The recorded runs: both schemes with [MASK] only (like for like), and token masking with 80/10/10 (transformers'
+# default; its whole-word masking supports [MASK] only). The notebook's live run uses the setup's seed (42); the
+# recording uses another one, so the live whole-word run next to the recorded one shows how far a seed moves the
+# numbers (cpu: one recorded seed, about 15 minutes on 2 cores; smoke: the live seed, 8 steps cannot show more).
+RUNS = (("whole_word", "[MASK] only"), ("token", "[MASK] only"), ("token", "80/10/10"))
+SWEEP_SEEDS = {"smoke": [42], "cpu": [43], "gpu": [43, 44]}
+
+
+def replacement_name(mask_token_only: bool) -> str:
+    return "[MASK] only" if mask_token_only else "80/10/10"
+
+
+def _profile_name(cfg) -> str:
+    return getattr(getattr(cfg, "profile", cfg), "name", cfg)
+
+
+def evaluation_data(cfg, tokenizer) -> dict:
+    """Everything the adaptation runs are trained and scored on, the same for every run of a profile:
+    "train" (medical paragraphs), "sets" (fixed [MASK] evaluation masks: medical and general, token and word),
+    "probes" (the medical token positions with the original piece or a random piece shown instead of [MASK]) and
+    "ppl" (texts for pseudo-perplexity)."""
+    sizes = SIZES[_profile_name(cfg)]
+    med_train, med_heldout = medical_corpus()
+    heldout, general = med_heldout[: sizes["heldout"]], data.general_corpus("test")[: sizes["heldout"] * 2]
+    sets = {"medical token": eval_set(tokenizer, heldout, "token"), "medical word": eval_set(tokenizer, heldout, "word"),
+            "general token": eval_set(tokenizer, general, "token"), "general word": eval_set(tokenizer, general, "word")}
+    probes = {f"medical {shown}": shown_instead(sets["medical token"], tokenizer, shown) for shown in ("keep", "random")}
+    return {"train": med_train[: sizes["train"]], "sets": sets, "probes": probes,
+            "ppl": {"medical": heldout[: sizes["ppl"]], "general": general[: sizes["ppl"]]}}
+
+
+def run_row(masked_lm, tokenizer, evaluation: dict, result=None, **labels) -> dict:
+    """One row of the adaptation table for `masked_lm`: `labels` (e.g. model="...", scheme, replacement, seed), every
+    evaluation of `evaluate` on `evaluation_data`, and from a training `result` its seconds, peak RAM, steps and
+    first and last logged loss."""
+    row = {**labels, **evaluate(masked_lm, tokenizer, evaluation["sets"], evaluation["ppl"], evaluation["probes"])}
+    if result is not None:
+        losses = [loss for _, loss in result.loss_history]
+        row.update({"seconds": result.seconds, "peak RAM MB": result.peak_mem_mb, "steps": result.steps,
+                    "first loss": losses[0] if losses else None, "last loss": losses[-1] if losses else None})
+    return row
+
+
+def adaptation_settings(profile) -> dict:
+    """What decides the recorded adaptation runs of a profile (ftkit.results.SWEEPS["mlm_adaptation"])."""
+    prof = getattr(profile, "profile", profile)
+    return {"sizes": SIZES[prof.name], "runs": [list(r) for r in RUNS], "seeds": SWEEP_SEEDS[prof.name],
+            "probability": ADAPT_PROBABILITY, "epochs": 1.0, "learning_rate": ADAPT_LR,
+            "batch_size": prof.batch_size, "max_steps": prof.max_steps}
+
+
+def adaptation_sweep(cfg) -> list[dict]:
+    """Every run of `RUNS` for every seed of the profile, each from a fresh general model, scored on the same
+    `evaluation_data`: one row per run (recorded with `python -m ftkit record mlm_adaptation`)."""
+    name = _profile_name(cfg)
+    tokenizer = models.load_tokenizer("encoder", cfg)
+    evaluation = evaluation_data(cfg, tokenizer)
+    rows = []
+    for seed in SWEEP_SEEDS[name]:
+        for scheme, replacement in RUNS:
+            model, result = adapt(cfg, evaluation["train"], scheme, ADAPT_PROBABILITY, epochs=1.0,
+                                  learning_rate=ADAPT_LR, max_length=SIZES[name]["max_length"],
+                                  mask_token_only=REPLACEMENTS[replacement], seed=seed)
+            rows.append(run_row(model, tokenizer, evaluation, result, scheme=scheme, replacement=replacement,
+                                seed=seed))
+            del model, result
+    return rows
+
+
+TABLE_COLUMNS = ["medical token top1", "medical word whole-word top1", "general token top1",
+                 "general word whole-word top1", "medical pseudo-ppl", "general pseudo-ppl", "medical keep top1",
+                 "medical random top1", "first loss", "last loss", "seconds"]
+RUN_NAMES = {("whole_word", "[MASK] only"): "whole word", ("token", "[MASK] only"): "token",
+             ("token", "80/10/10"): "token, 80/10/10"}
+
+
+def adaptation_table(live_rows: list[dict], recorded) -> "pd.DataFrame":
+    """The adaptation table: the live rows as they are (each with a "model" name), then each recorded run, named
+    "<run> (recorded, seed S)", or as the mean over its seeds, "<run> (recorded, mean of N seeds)", with
+    "medical top1 range" (min..max over those seeds). One column per `TABLE_COLUMNS` entry that some row has."""
+    import pandas as pd
+
+    rows = [dict(r) for r in live_rows]
+    frame = pd.DataFrame(list(recorded))
+    for (scheme, replacement), part in frame.groupby(["scheme", "replacement"], sort=False):
+        name = RUN_NAMES.get((scheme, replacement), f"{scheme}, {replacement}")
+        means = part.mean(numeric_only=True).to_dict()
+        if len(part) == 1:
+            rows.append({"model": f"{name} (recorded, seed {int(part['seed'].iloc[0])})", **means})
+            continue
+        low, high = part["medical token top1"].min(), part["medical token top1"].max()
+        rows.append({"model": f"{name} (recorded, mean of {len(part)} seeds)", **means,
+                     "medical top1 range": f"{low:.3f}..{high:.3f}"})
+    table = pd.DataFrame(rows).set_index("model")
+    return table[[c for c in TABLE_COLUMNS + ["medical top1 range"] if c in table]]
 
 
 # --------------------------------------------------------------------------- cost of the two schemes

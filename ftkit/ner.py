@@ -216,17 +216,20 @@ def seqeval_metrics(id2label):
 
 
 def predict_tags(model, tokenizer, sentences, batch_size: int = 32, max_length: int = 128) -> list[list[str]]:
-    """Word-level IOB2 tags for a list of pre-split sentences."""
+    """Word-level IOB2 tags for a list of pre-split sentences: each word gets its first piece's prediction
+    (`word_tags`), as the scores count it."""
     import torch
+
+    from .models import on_device
 
     model.eval()
     out = []
     for start in range(0, len(sentences), batch_size):
         batch = sentences[start:start + batch_size]
         enc = tokenizer(batch, is_split_into_words=True, truncation=True, max_length=max_length,
-                        padding=True, return_tensors="pt").to(model.device)
-        with torch.no_grad():
-            ids = model(**enc).logits.argmax(-1).cpu().numpy()
+                        padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            ids = model(**on_device(enc, model)).logits.argmax(-1).cpu().numpy()
         for i, words in enumerate(batch):
             out.append(word_tags(ids[i], enc.word_ids(i), model.config.id2label, len(words)))
     return out
@@ -322,9 +325,11 @@ def split_words(text: str) -> list[str]:
 
 def train_tagger(cfg, encoded, tokenizer, label_names, n_frozen: int = 0, epochs: float | None = None,
                  learning_rate: float | None = None, name: str | None = None, config_overrides: dict | None = None,
-                 **arg_overrides):
-    """A fresh token classifier, bottom `n_frozen` blocks frozen, trained and scored: (RunResult, model).
-    `arg_overrides` go to the TrainingArguments (and `resume_from_checkpoint` to the Trainer).
+                 validate: bool = False, **arg_overrides):
+    """A fresh token classifier, bottom `n_frozen` blocks frozen, trained and scored on `encoded["test"]`:
+    (RunResult, model). With `validate`, the "validation" split is scored after every epoch as well
+    (`RunResult.eval_history`: loss and entity scores per epoch); it chooses nothing, the run ends with its last
+    weights. `arg_overrides` go to the TrainingArguments (and `resume_from_checkpoint` to the Trainer).
     `encoded` comes from `tokenize_and_align` with the same label order as `label_names`."""
     from transformers import DataCollatorForTokenClassification
 
@@ -336,10 +341,14 @@ def train_tagger(cfg, encoded, tokenizer, label_names, n_frozen: int = 0, epochs
     overrides = dict(arg_overrides, **({"num_train_epochs": epochs} if epochs is not None else {}))
     if learning_rate is not None:
         overrides["learning_rate"] = learning_rate
+    if validate and "validation" not in encoded:
+        raise ValueError(f"validate=True scores the 'validation' split after every epoch, but the encoded data have "
+                         f"only {list(encoded)}; keep the dataset's validation split, or pass validate=False")
     result = train.fit(model, encoded["train"], encoded["test"], cfg,
                        name=name or f"{n_frozen} frozen, {epochs or cfg.epochs} ep",
                        data_collator=DataCollatorForTokenClassification(tokenizer),
-                       compute_metrics=seqeval_metrics(model.config.id2label), **overrides)
+                       compute_metrics=seqeval_metrics(model.config.id2label),
+                       validation_ds=encoded["validation"] if validate else None, **overrides)
     return result, model
 
 

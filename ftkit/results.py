@@ -112,6 +112,11 @@ class Sweep:
 #     "fewshot_curve": Sweep("ftkit.fewshot:curve_sweep", "ftkit.fewshot:curve_settings"),
 SWEEPS: dict[str, Sweep] = {
     "lora_classifiers": Sweep("ftkit.lora:classifier_sweep", "ftkit.lora:classifier_settings"),  # 06
+    "lora_alpha": Sweep("ftkit.lora:alpha_sweep", "ftkit.lora:alpha_settings"),  # 06
+    "fewshot_curve": Sweep("ftkit.fewshot:curve_sweep", "ftkit.fewshot:curve_settings"),  # 02
+    "mlm_adaptation": Sweep("ftkit.mlm:adaptation_sweep", "ftkit.mlm:adaptation_settings"),  # 03
+    "choose_kshot": Sweep("ftkit.choose:kshot_sweep", "ftkit.choose:kshot_settings"),  # 07
+    "instruct_runs": Sweep("ftkit.instruct:recorded_runs", "ftkit.instruct:recorded_settings"),  # 05
 }
 
 

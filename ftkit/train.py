@@ -164,11 +164,14 @@ class RunResult:
     total_params: int
     seconds: float
     peak_mem_mb: float
-    loss_history: list = field(default_factory=list)  # [(step, loss)]
-    eval_history: list = field(default_factory=list)  # one dict of eval metrics per evaluation during training
+    loss_history: list = field(default_factory=list)  # [(step, loss)]: training loss, mean over each logging window
+    eval_history: list = field(default_factory=list)  # one dict per validation during training: step, epoch, loss, ...
     extra: dict = field(default_factory=dict)
     model: object = field(default=None, repr=False, compare=False)  # what the trainer trained (e.g. a PeftModel)
     steps: int = 0  # optimizer steps taken in total (a resumed run counts the steps before the interruption too)
+    lr_history: list = field(default_factory=list)  # [(step, learning rate)]: the rate each optimizer step used
+    steps_per_epoch: float = 0.0  # optimizer steps per pass over the training data (to draw curves per epoch)
+    best_step: int | None = None  # the step whose weights the model holds when fit(keep_best=True) kept the best
 
     @property
     def trainable_pct(self) -> float:
@@ -480,9 +483,54 @@ def average_loss_per_batch(model) -> None:
         base.accepts_loss_kwargs = False
 
 
+def learning_rate_history(into: list):
+    """A TrainerCallback that appends (step, learning rate) for every optimizer step to `into`: the rate that step
+    used, read from the optimizer (the Trainer logs it only every `logging_steps`, too coarse to show a warm-up)."""
+    from transformers import TrainerCallback
+
+    class LearningRateHistory(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+            into.append((state.global_step + 1, float(optimizer.param_groups[0]["lr"])))
+
+    return LearningRateHistory()
+
+
+def validation_args(eval_every: int | str = "epoch", keep_best: bool = False) -> dict:
+    """TrainingArguments that evaluate the validation set during training: at the end of every epoch
+    (`eval_every="epoch"`) or every `eval_every` optimizer steps (and after the last step). With `keep_best`, the
+    Trainer's own best-checkpoint machinery: it saves the weights whenever the validation loss reaches a new low
+    (`save_strategy="best"`, weights only, `save_total_limit=1`, so one checkpoint on disk at a time) and loads that
+    checkpoint back at the end (`load_best_model_at_end`, `metric_for_best_model="loss"`). Not with DeepSpeed or
+    FSDP, which cannot load weights-only checkpoints (the Trainer says so)."""
+    if eval_every == "epoch":
+        args = {"eval_strategy": "epoch"}
+    elif isinstance(eval_every, int) and not isinstance(eval_every, bool) and eval_every >= 1:
+        args = {"eval_strategy": "steps", "eval_steps": eval_every}
+    else:
+        raise ValueError(f'eval_every must be "epoch" or a positive whole number of optimizer steps, got {eval_every!r}')
+    if keep_best:
+        args.update(save_strategy="best", save_only_model=True, save_total_limit=1, load_best_model_at_end=True,
+                    metric_for_best_model="loss", greater_is_better=False)
+    return args
+
+
+def check_validation(train_ds, eval_ds, validation_ds, keep_best: bool) -> None:
+    """A ValueError for a validation setup that would choose with the test set or choose from nothing."""
+    if keep_best and validation_ds is None:
+        raise ValueError("keep_best=True keeps the checkpoint with the lowest validation loss: pass validation_ds "
+                         "(a split held out from training and from the test set, e.g. ds['validation'])")
+    if validation_ds is not None and (validation_ds is eval_ds or validation_ds is train_ds):
+        which = "the test set (eval_ds)" if validation_ds is eval_ds else "the training set"
+        raise ValueError(f"validation_ds is {which}: a checkpoint or setting chosen on it would be scored on the data "
+                         "that chose it; pass a separate split (e.g. ds['validation'])")
+    if validation_ds is not None and len(validation_ds) == 0:
+        raise ValueError("validation_ds has no rows; a validation loss over nothing is not a number")
+
+
 def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_metrics=None,
         data_collator=None, trainer_class=None, args_class=None, trainer_kwargs=None, callbacks=None,
-        resume_from_checkpoint: str | None = None, progress=None, **arg_overrides) -> RunResult:
+        resume_from_checkpoint: str | None = None, progress=None, validation_ds=None,
+        eval_every: int | str = "epoch", keep_best: bool = False, **arg_overrides) -> RunResult:
     """Train `model` on `train_ds`, evaluate on `eval_ds` (if given), and return a RunResult.
 
     Padding is dynamic (per batch) when a tokenizer is given and no collator is. `trainer_class`
@@ -492,38 +540,85 @@ def fit(model, train_ds, eval_ds, cfg, *, name: str, tokenizer=None, compute_met
     continues an interrupted run (`python -m ftkit train --resume`). `progress`, a callable taking the fraction of
     optimizer steps done (0..1), replaces the Trainer's own bar and loss table; inside a `widgets.Panel` run it
     defaults to the panel's bar, so a panel shows one bar.
+
+    Validation during training: with `validation_ds`, the Trainer evaluates it every epoch or every `eval_every`
+    steps (`validation_args`) and `RunResult.eval_history` holds one dict per evaluation (step, epoch, loss and the
+    `compute_metrics` scores); `keep_best=True` ends with the weights of the lowest validation loss (`best_step`),
+    saved in a temporary folder that is removed afterwards. `eval_ds` (the test set) is scored once, at the end, on
+    the weights the run ends with; it never chooses anything. Every run keeps its learning rate per optimizer step
+    (`lr_history`); `results.training_curves(result)` draws both.
     """
     from transformers import DataCollatorWithPadding, Trainer
 
     from .widgets import panel_progress
 
+    check_validation(train_ds, eval_ds, validation_ds, keep_best)
     if data_collator is None and tokenizer is not None and trainer_class is None:
         data_collator = DataCollatorWithPadding(tokenizer)
+    if validation_ds is not None:
+        arg_overrides = {**validation_args(eval_every, keep_best), **arg_overrides}
+    checkpoints = None
+    if keep_best and "output_dir" not in arg_overrides:   # the best checkpoint lives only as long as this run
+        checkpoints = tempfile.TemporaryDirectory(prefix="ftkit-best-")
+        arg_overrides["output_dir"] = checkpoints.name
     average_loss_per_batch(model)
     if getattr(cfg, "small_memory", False) and is_causal_lm(model):
         arg_overrides = {**SMALL_MEMORY_CAUSAL, **arg_overrides}
     if getattr(cfg, "device", "cpu") == "cuda":     # LoRA by trl (a peft_config) trains next to nothing of the model
         arg_overrides = gpu_memory_levers(model, train_ds, cfg, arg_overrides,
                                           trainable=0 if (trainer_kwargs or {}).get("peft_config") else None)
+    rates: list = []
     trainer = (trainer_class or Trainer)(model=model, args=training_args(cfg, args_class=args_class, **arg_overrides),
-                                         train_dataset=train_ds, eval_dataset=eval_ds, data_collator=data_collator,
+                                         train_dataset=train_ds,
+                                         eval_dataset=validation_ds if validation_ds is not None else eval_ds,
+                                         data_collator=data_collator,
                                          compute_metrics=compute_metrics, processing_class=tokenizer,
-                                         callbacks=[release_memory_callback(), *(callbacks or [])],
+                                         callbacks=[release_memory_callback(), learning_rate_history(rates),
+                                                    *(callbacks or [])],
                                          **(trainer_kwargs or {}))
     progress = progress or panel_progress()
     if progress is not None:
         report_progress_to(trainer, progress)
     model = trainer.model
     check_trainable_float32(model)
-    with measure(model, getattr(cfg, "device", "cpu")) as m:
-        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    metrics = trainer.evaluate() if eval_ds is not None else {}
-    metrics = {k.removeprefix("eval_"): v for k, v in metrics.items()
-               if not k.endswith(("runtime", "per_second")) and k != "epoch"}
-    history = trainer.state.log_history
-    losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    evals = [h for h in history if "eval_loss" in h]
+    try:
+        with measure(model, getattr(cfg, "device", "cpu")) as m, quiet_checkpoints(keep_best):
+            trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    finally:
+        if checkpoints is not None:
+            checkpoints.cleanup()
+    history = list(trainer.state.log_history)     # before the test evaluation below adds its own entry
+    metrics = trainer.evaluate(eval_ds) if eval_ds is not None else {}
     if progress is not None:
         progress(1.0)       # evaluation done too
-    return RunResult(name, metrics, m["trainable_params"], m["total_params"], m["seconds"], m["peak_mem_mb"],
-                     losses, evals, model=model, steps=trainer.state.global_step)
+    state = trainer.state
+    return RunResult(name, without_eval_prefix(metrics), m["trainable_params"], m["total_params"], m["seconds"],
+                     m["peak_mem_mb"], [(h["step"], h["loss"]) for h in history if "loss" in h],
+                     [{"step": h["step"], "epoch": h.get("epoch"), **without_eval_prefix(h)}
+                      for h in history if "eval_loss" in h],
+                     model=model, steps=state.global_step, lr_history=rates,
+                     steps_per_epoch=state.global_step / state.epoch if state.epoch else 0.0,
+                     best_step=state.best_global_step if keep_best else None)
+
+
+@contextmanager
+def quiet_checkpoints(quiet: bool = True):
+    """Without transformers' "Writing model shards" / "Loading weights" bars while `quiet`: keeping the best
+    checkpoint saves the weights at every new validation low, and each save would leave a bar behind in the notebook.
+    The Trainer's own bar (tqdm.auto) is not affected."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if quiet and was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was_on:
+            hf_logging.enable_progress_bar()
+
+
+def without_eval_prefix(metrics: dict) -> dict:
+    """The Trainer's evaluation metrics as `loss`, `accuracy`, ..., without timings and step counters."""
+    return {k.removeprefix("eval_"): v for k, v in metrics.items()
+            if not k.endswith(("runtime", "per_second")) and k not in ("epoch", "step")}

@@ -143,15 +143,23 @@ def setup_name(n_frozen: int, depth: int) -> str:
 
 def fine_tune(cfg, encoded, tokenizer, label_names, n_frozen: int, epochs: float | None = None,
               learning_rate: float | None = None, name: str | None = None, encoder_state: dict | None = None,
-              config_overrides: dict | None = None, **arg_overrides) -> train.RunResult:
+              config_overrides: dict | None = None, *, validation=None, eval_every: int | str = "epoch",
+              keep_best: bool = False, score_on: str | None = "test", **arg_overrides) -> train.RunResult:
     """A fresh classifier with the embeddings and the first `n_frozen` blocks frozen, trained and evaluated.
 
     `encoder_state` replaces the pretrained encoder weights (e.g. a domain-adapted encoder from session
     03); the pooler and the new head are the same as without it, so only the encoder differs.
     `config_overrides` change the model config (e.g. dropout); `arg_overrides` go to the TrainingArguments
-    (e.g. seed, per_device_train_batch_size)."""
+    (e.g. seed, per_device_train_batch_size, warmup_steps).
+
+    `validation` (a tokenized split, e.g. `validation_subset(encoded, 500)`) is scored during training, every epoch
+    or every `eval_every` steps; with `keep_best` the run ends with the weights of its lowest validation loss
+    (`train.fit`). Its accuracy there goes to `extra["validation accuracy"]`. `score_on` names the split of
+    `encoded` scored once at the end ("test"; None: none): choosing settings, score on "validation"."""
     import torch
 
+    if score_on is not None and score_on not in encoded:
+        raise ValueError(f"score_on={score_on!r} is not a split of the data; splits: {list(encoded)}")
     torch.manual_seed(arg_overrides.get("seed", getattr(cfg, "seed", 42)))  # the new head's initial weights
     model = models.load_classifier(label_names, cfg, **(config_overrides or {}))
     if encoder_state is not None:
@@ -166,24 +174,56 @@ def fine_tune(cfg, encoded, tokenizer, label_names, n_frozen: int, epochs: float
         overrides["num_train_epochs"] = epochs
     if learning_rate is not None:
         overrides["learning_rate"] = learning_rate
-    result = train.fit(model, encoded["train"], encoded["test"], cfg, name=name or setup_name(n_frozen, depth),
-                       tokenizer=tokenizer, compute_metrics=metrics.compute_classification, **overrides)
+    result = train.fit(model, encoded["train"], encoded[score_on] if score_on else None, cfg,
+                       name=name or setup_name(n_frozen, depth), tokenizer=tokenizer,
+                       compute_metrics=metrics.compute_classification, validation_ds=validation,
+                       eval_every=eval_every, keep_best=keep_best, **overrides)
     result.extra["frozen blocks"] = len(frozen)
+    if result.eval_history:
+        result.extra["validation accuracy"] = kept_validation(result)["accuracy"]
     return result
 
 
-def ablation_panel(cfg, encoded, tokenizer, label_names, table, depth: int):
-    """Widgets for the frozen-layers ablation: every Run adds a row to `table` and redraws the chart."""
+def validation_subset(encoded, size: int | None, seed: int = 0):
+    """`size` sentences of the validation split, the same share of each class (all of it when size is None or
+    larger): scored during training and by the ablation, so that the test split is read once, at the end."""
+    if "validation" not in encoded:
+        raise ValueError(f"the data has no 'validation' split (splits: {list(encoded)}); hold out part of the "
+                         "training data, e.g. ds['train'].train_test_split(test_size=0.2, seed=0)")
+    return data.take(encoded["validation"], size, seed=seed, stratify="label")
+
+
+def kept_validation(result) -> dict:
+    """The validation scores of the weights the run ended with: at its best step when it kept the best checkpoint,
+    else at its last evaluation."""
+    if not result.eval_history:
+        raise ValueError(f"run {result.name!r} was not validated during training (pass validation=...)")
+    if result.best_step is None:
+        return result.eval_history[-1]
+    return next(h for h in result.eval_history if h["step"] == result.best_step)
+
+
+def ablation_panel(cfg, encoded, tokenizer, label_names, table, depth: int, validation=None, **arg_overrides):
+    """Widgets for the frozen-layers ablation: every Run adds a row to `table` and redraws the chart.
+
+    Each run is scored on `validation` (default: the whole validation split), never on the test split: these runs
+    choose settings, and a test score that chose them would no longer be a fair estimate. `arg_overrides` go to
+    every run's TrainingArguments (e.g. the notebook's warm-up)."""
     from . import widgets
 
+    scored = {"validation": validation if validation is not None else validation_subset(encoded, None)}
+
     def run(n_frozen, epochs, learning_rate):
-        result = fine_tune(cfg, encoded, tokenizer, label_names, n_frozen, epochs, learning_rate,
-                           name=f"{setup_name(n_frozen, depth)} (ablation, {epochs} ep, lr {learning_rate:.0e})")
-        table.add(result)
+        result = fine_tune(cfg, {**encoded, **scored}, tokenizer, label_names, n_frozen, epochs, learning_rate,
+                           name=f"{setup_name(n_frozen, depth)} ({epochs} ep, lr {learning_rate:.0e})",
+                           score_on="validation", **arg_overrides)
+        table.add({"setup": result.name, "validation accuracy": result.metrics["accuracy"],
+                   "trainable params": result.trainable_params, "seconds": round(result.seconds, 1)})
         return result.numbers_only()
 
     def plot(_panel):
-        return table.scatter("trainable params", "accuracy", log_x=True, title="accuracy vs trainable parameters")
+        return table.scatter("trainable params", "validation accuracy", log_x=True,
+                             title="validation accuracy vs trainable parameters")
 
     controls = {"n_frozen": widgets.int_slider(depth // 2, 0, depth, "frozen blocks"),
                 "epochs": widgets.float_slider(float(cfg.epochs), 0.5, 5.0, "epochs", step=0.5),

@@ -79,6 +79,75 @@ def test_label_word_scores_are_the_next_token_log_probs_and_ignore_padding(causa
     assert (scores < 0).all() and tok.padding_side == "right"
 
 
+def test_cached_prefix_gives_the_scores_of_the_whole_prompts(causal, pool):
+    """The k examples' keys and values computed once and copied for each batch give the scores of scoring every
+    prompt whole (float rounding only), in batches of mixed lengths; and the cache is really used (fewer tokens
+    run: the shared prefix is long)."""
+    model, tok = causal
+    texts = ["a moving, beautifully acted film", "dull", "the plot is thin and the jokes fall flat, but the cast "
+             "is likable enough to carry it through the slow middle stretch", "great fun"]
+    for k in (0, 4):
+        prompts = choose.few_shot_prompts(texts, pool, k, 0, tok)
+        whole = choose.label_word_scores(model, tok, prompts, batch_size=3, cache_prefix=False)
+        cached = choose.label_word_scores(model, tok, prompts, batch_size=3, cache_prefix=True)
+        np.testing.assert_allclose(cached, whole, atol=1e-4)
+        one_by_one = np.stack([choose.label_word_scores(model, tok, [p], cache_prefix=False)[0] for p in prompts])
+        np.testing.assert_allclose(cached, one_by_one, atol=1e-4)
+        shared = choose.shared_prefix_length(tok(prompts, add_special_tokens=False)["input_ids"])
+        assert shared > (200 if k == 4 else 15)          # the instruction, and the 4 examples
+    row = choose.kshot_eval(model, tok, [{"text": t, "label": 1} for t in texts], pool, 4)
+    assert row["cached prefix tokens"] == shared and row.scores.shape == (4, 2)
+    assert (row.predicted == row.scores.argmax(1)).all() and row["accuracy"] == np.mean(row.predicted == 1)
+
+
+def test_a_cache_that_skipped_the_positions_would_be_caught(causal, pool):
+    """The equality above can fail: continuing the cache with positions that restart at 0 changes the scores."""
+    model, tok = causal
+    prompts = choose.few_shot_prompts(["a moving, beautifully acted film"], pool, 2, 0, tok)
+    tokens = tok(prompts, add_special_tokens=False)["input_ids"]
+    shared = len(tokens[0]) - 5
+    prefix = choose.prefix_cache(model, tokens[0][:shared])
+    right = choose.next_token_logits(model, [tokens[0][shared:]], tok.pad_token_id, prefix, shared)
+    wrong = choose.next_token_logits(model, [tokens[0][shared:]], tok.pad_token_id, prefix, 0)
+    whole = choose.next_token_logits(model, tokens, tok.pad_token_id)
+    assert torch.allclose(right, whole, atol=1e-3) and not torch.allclose(wrong, whole, atol=1e-2)
+    assert prefix.get_seq_length() == shared                 # the prefix cache is not changed by its use
+
+
+def test_the_kshot_sweep_has_every_k_and_draw_and_reproduces_uncached_scoring(cfg, causal):
+    """The recorded sweep's code: one row per k and draw, on `kshot_rows`; its last row (k = 8, cached prefix)
+    equals the same point scored whole, without the cache."""
+    settings = choose.kshot_settings(cfg.profile)
+    rows = choose.kshot_sweep(cfg)
+    assert [(r["k"], r["draw"]) for r in rows] == [(k, d) for k in settings["k"]
+                                                   for d in (range(1) if k == 0 else range(settings["draws"]))]
+    model, tok = causal
+    test_rows, pool = choose.kshot_rows(settings)
+    assert len(test_rows) == settings["test reviews"] and len(pool) == settings["pool"]
+    whole = choose.kshot_eval(model, tok, test_rows, pool, rows[-1]["k"], rows[-1]["draw"], cache_prefix=False)
+    assert whole["accuracy"] == rows[-1]["accuracy"] and whole["prompt tokens"] == rows[-1]["prompt tokens"]
+    assert rows[-1]["cached prefix tokens"] > 300 and whole["cached prefix tokens"] == 0
+
+
+def test_shared_prefix_and_batches_by_length():
+    assert choose.shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 9]]) == 2
+    assert choose.shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2          # one token left to score in each
+    assert choose.shared_prefix_length([[7, 8]]) == 1 and choose.shared_prefix_length([]) == 0
+    assert choose.shared_prefix_length([[1, 2], []]) == 0
+    assert choose.batches_by_length([3, 9, 1, 7, 5], 2) == [[1, 3], [4, 0], [2]]
+    with pytest.raises(ValueError, match="batch_size must be a positive"):
+        choose.batches_by_length([1], 0)
+
+
+def test_instruction_replaces_session_05s_and_needs_a_text_slot(causal, pool):
+    _, tok = causal
+    vague = "What do you think?\n\nReview: {text}"
+    text = choose.few_shot_prompt("a fine film", choose.draw_shots(pool, 1, 0), tok, instruction=vague)
+    assert text.count("What do you think?") == 2 and text.endswith("Review: a fine film\n### Response:\n")
+    with pytest.raises(ValueError, match=r"\{text\} slot"):
+        choose.few_shot_prompt("a fine film", [], tok, instruction="What do you think?")
+
+
 def test_answer_prefix_is_prefilled_before_the_label_word(causal, pool):
     model, tok = causal
     rows = [{"text": "a moving, beautifully acted film", "label": 1}]
@@ -143,6 +212,64 @@ def test_qa_scores_use_session_05s_metrics(cfg):
                               models.load_sentence_model(cfg))
     assert scored.loc[0, "rougeL"] == pytest.approx(1.0) and scored.loc[0, "cosine"] == pytest.approx(1.0, abs=1e-4)
     assert scored.loc[0, "words"] == 8 and not scored.loc[0, list(instruct.ERRORS)].any()
+
+
+def test_the_index_is_cached_on_disk_by_model_and_answers(cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("FTKIT_CACHE", str(tmp_path))
+    sentence = models.load_sentence_model(cfg)
+    answers = ["Asthma narrows the airways.", "Vaccines train the immune system."]
+    first = choose.AnswerIndex(answers, sentence)
+    files = list((tmp_path / "answer_index").glob("*.npy"))
+    assert len(files) == 1
+    np.save(files[0], np.zeros_like(first.vectors))          # a second index reads the file, not the model
+    assert not choose.AnswerIndex(answers, sentence).vectors.any()
+    assert choose.AnswerIndex(answers[:1], sentence).vectors.any()          # other answers: another key
+    assert choose.AnswerIndex(answers, sentence, cache=False).vectors.any()
+
+
+def test_generate_by_length_keeps_the_order_of_the_rows(causal):
+    model, tok = causal
+    rows = [{"instruction": "Name a colour."}, choose.rag_row("What causes asthma?", ["A long passage. " * 20]),
+            {"instruction": "Say hi."}]
+    by_length = choose.generate_by_length(model, tok, rows, max_new_tokens=3, batch_size=2)
+    assert by_length == [instruct.generate(model, tok, [r], max_new_tokens=3)[0] for r in rows]
+
+
+def test_paired_difference_and_its_interval():
+    d = choose.paired_difference([0.5, 0.6, 0.7, 0.8], [0.4, 0.5, 0.6, 0.7])
+    assert d["mean"] == pytest.approx(0.1) and d["low"] == pytest.approx(0.1) and d["clear"]
+    tie = choose.paired_difference([0.1, 0.9, 0.2, 0.8], [0.9, 0.1, 0.8, 0.2])
+    assert tie["low"] < 0 < tie["high"] and not tie["clear"] and tie["shown"].startswith("+0.000 (")
+    with pytest.raises(ValueError, match="same items"):
+        choose.paired_difference([1, 2], [1])
+    with pytest.raises(ValueError, match="no values"):
+        choose.bootstrap_mean([float("nan")])
+
+
+def test_knowledge_sets_separate_trained_seen_focus_and_unseen_focus():
+    train = [{"id": f"{f}-{q}", "focus": f, "question": f"{q} {f}?", "answer": f"{f} {q}."}
+             for f in "ABCDEF" for q in ("what", "how", "why")]
+    test = [{"id": f"T{i}", "focus": f"T{i}", "question": "?", "answer": "."} for i in range(5)]
+    tuned = [r["id"] for r in train if r["id"].endswith("what") and r["focus"] in "ABC"]
+    sets = choose.knowledge_sets(train, test, tuned, n=3)
+    assert {r["id"] for r in sets["trained"]} == set(tuned)
+    assert all(r["focus"] in "ABC" and r["id"] not in tuned for r in sets["seen focus, new question"])
+    assert sets["unseen focus"] == [r for r in test if r in sets["unseen focus"]] and len(sets["unseen focus"]) == 3
+    with pytest.raises(ValueError, match="'trained' has 3 answers, fewer than n=4"):
+        choose.knowledge_sets(train, test, tuned, n=4)
+
+
+def test_answer_losses_are_the_held_out_loss_of_each_answer(causal):
+    from datasets import Dataset
+
+    model, tok = causal
+    rows = [{"question": "What is asthma?", "answer": "Asthma is a chronic disease of the airways."},
+            {"question": "What is asthma?", "answer": "Purple elephants sing in the tax office."}]
+    losses = choose.answer_losses(model, tok, rows, max_length=64)
+    pairs = Dataset.from_list([{"instruction": r["question"], "context": "", "response": r["answer"]} for r in rows])
+    pooled = instruct.held_out_loss(model, instruct.tokenize_instructions(pairs.select([0]), tok, 64), tok)
+    assert losses.shape == (2,) and losses[0] == pytest.approx(pooled, rel=1e-4)
+    assert losses[0] < losses[1]                               # the sensible answer is the likelier one
 
 
 # --------------------------------------------------------------------------- costs

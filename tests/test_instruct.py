@@ -129,9 +129,13 @@ def test_sft_full_and_lora_train_and_report(cfg, causal, capsys):
     assert "training data: 1 of 4 rows lose every response token at max_length=64" in capsys.readouterr().out
     assert any(not torch.equal(before[n], p) for n, p in full_model.named_parameters() if n in before)
     lora_model, _ = models.load_causal(cfg)
+    targets = set(models.lora_targets(lora_model, "all-linear"))
     run = instruct.sft(lora_model, tok, rows, cfg, name="lora", lora_rank=2, max_length=64, max_steps=1,
                        per_device_train_batch_size=2, learning_rate=1e-3)
     assert 0 < run.trainable_pct < 2 and hasattr(run.model, "disable_adapter")
+    # every Linear of the blocks, read from the model (models.lora_targets "all-linear"), not a list of Llama names
+    assert set(run.model.peft_config["default"].target_modules) == targets \
+        == {f"self_attn.{n}_proj" for n in "qkvo"} | {f"mlp.{n}_proj" for n in ("gate", "up", "down")}
     with pytest.raises(ValueError, match="lora_rank must be a positive integer"):
         instruct.sft(lora_model, tok, rows, cfg, name="bad", lora_rank=0)
 
@@ -243,6 +247,19 @@ def test_sentiment_instructions_and_parser():
     assert instruct.parse_sentiment("positive or negative") is None and instruct.parse_sentiment("meh") is None
     with pytest.raises(ValueError, match="text"):
         instruct.sentiment_instructions(Dataset.from_dict({"sentence": ["x"], "label": [0]}))
+
+
+def test_sentiment_instructions_take_string_labels_and_name_a_bad_one():
+    """Before: a string label raised TypeError (tuple indices must be integers) from inside datasets' map."""
+    rows = instruct.sentiment_instructions(Dataset.from_dict({"text": ["good", "bad"], "label": ["positive", "negative"]}))
+    assert rows["response"] == ["positive", "negative"]
+    assert instruct.sentiment_instructions(Dataset.from_dict({"text": ["a"], "label": [1]}))["response"] == ["positive"]
+    for label in ("pos", 2, -1):
+        with pytest.raises(ValueError, match=rf"row 0: label {label!r} is neither a class id 0..1 nor one of"):
+            instruct.sentiment_instructions(Dataset.from_dict({"text": ["a"], "label": [label]}))
+    custom = instruct.sentiment_instructions(Dataset.from_dict({"text": ["a"], "label": ["neutral"]}),
+                                             label_names=("negative", "neutral", "positive"))
+    assert custom["response"] == ["neutral"]
 
 
 def test_as_base_switches_lora_off(cfg, causal):
@@ -408,3 +425,191 @@ def test_scores_over_nothing_are_refused(causal):
                           (lambda: instruct.general_accuracy(model, tok, questions=()), "no questions")]:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+# --------------------------------------------------------------------------- per-row losses, validation, the session's runs
+def test_response_losses_add_up_to_the_held_out_loss_and_the_example_mean(causal):
+    model, tok = causal
+    rows = instruct.tokenize_instructions(data.load("dolly")["test"].select(range(5)), tok, 64)
+    losses = instruct.response_losses(model, rows, tok, batch_size=3)
+    assert len(losses) == 5 and all(n == sum(l != -100 for l in ex["labels"][1:]) for (_, n), ex in zip(losses, rows))
+    graded = [i for i, (_, n) in enumerate(losses) if n]      # at 64 tokens a long prompt leaves no response token
+    assert 3 <= len(graded) and all(losses[i] == (0.0, 0) for i in range(5) if i not in graded)
+    for i in graded[:2]:                                       # each row's sum is the model's own loss x its tokens
+        batch = {k: torch.tensor([v]) for k, v in rows[i].items()}
+        with torch.no_grad():
+            assert losses[i][0] == pytest.approx(model(**batch).loss.item() * losses[i][1], rel=1e-4)
+    total = sum(l for l, _ in losses) / sum(n for _, n in losses)
+    assert instruct.held_out_loss(model, rows, tok, losses=losses) == pytest.approx(total)
+    assert instruct.held_out_loss(model, rows, tok, batch_size=1) == pytest.approx(total, rel=1e-5)
+    means = [losses[i][0] / losses[i][1] for i in graded]      # rows without a response token are left out
+    assert instruct.example_loss(losses) == pytest.approx(sum(means) / len(means))
+    with pytest.raises(ValueError, match="no row has a response token"):
+        instruct.example_loss([(0.0, 0)])
+
+
+def test_generation_keeps_the_order_of_the_prompts_when_it_batches_them_by_length(causal):
+    model, tok = causal
+    prompts = ["Hi", "Count to ten, slowly and carefully, one number per line:", "One two", "Say yes:"]
+    together = instruct.complete(model, tok, prompts, max_new_tokens=3, batch_size=2)
+    alone = [instruct.complete(model, tok, [p], max_new_tokens=3)[0] for p in prompts]
+    assert together == alone and instruct.complete(model, tok, [], max_new_tokens=3) == []
+
+
+def test_forgetting_check_takes_a_known_epoch_0_instead_of_measuring_it(monkeypatch):
+    calls = []
+    monkeypatch.setattr(instruct, "sentiment_accuracy", lambda *a, **k: calls.append("acc") or {"task accuracy": 0.5})
+    monkeypatch.setattr(instruct, "held_out_loss", lambda *a, **k: calls.append("loss") or 2.0)
+    model = torch.nn.Linear(1, 1)
+    check = instruct.forgetting_check(None, [], None, before={"validation accuracy": 0.7, "dolly loss": 2.3})
+    check.on_train_begin(None, None, None, model=model)
+    assert calls == [] and check.history == [{"epoch": 0, "validation accuracy": 0.7, "dolly loss": 2.3}]
+
+    class State:
+        epoch = 1.0
+    check.on_epoch_end(None, State(), None, model=model)
+    assert calls == ["acc", "loss"] and check.history[-1] == {"epoch": 1.0, "validation accuracy": 0.5, "dolly loss": 2.0}
+    with pytest.raises(ValueError, match="before needs"):
+        instruct.forgetting_check(None, [], None, before={"dolly loss": 2.3})
+
+
+def test_split_validation_holds_out_disjoint_rows():
+    rows = Dataset.from_dict({"instruction": [f"q{i}" for i in range(20)], "response": ["a"] * 20})
+    train_rows, val_rows = instruct.split_validation(rows, 12, 5)
+    assert len(train_rows) == 12 and len(val_rows) == 5
+    assert not set(train_rows["instruction"]) & set(val_rows["instruction"])
+    assert instruct.split_validation(rows, 12, 5)[1]["instruction"] == val_rows["instruction"]    # seeded
+    assert len(instruct.split_validation(rows, None, 5)[0]) == 15
+    with pytest.raises(ValueError, match="n_train must be between 1 and 15"):
+        instruct.split_validation(rows, 16, 5)
+    with pytest.raises(ValueError, match="n_validation must be between 1 and 19"):
+        instruct.split_validation(rows, 5, 0)
+
+
+@pytest.mark.parametrize("error, bad", [
+    ("too long", "word " * 60),
+    ("repetitive", "the cat sat on the mat " * 3),
+    ("copies instruction", "What is the capital of France? Paris."),
+    ("non-words", "Teh capitl of Frnace is Parsi"),
+    ("empty", "."),
+])
+def test_data_fix_drops_the_training_rows_whose_response_shows_the_error(error, bad):
+    good = [{"instruction": "What is the capital of France?", "response": f"Paris is the capital, fact {i}."}
+            for i in range(9)]
+    rows = Dataset.from_list(good + [{"instruction": "What is the capital of France?", "response": bad}])
+    kept, what = instruct.data_fix(rows, error)
+    assert len(kept) == 9 and bad not in kept["response"] and what.startswith("dropped 1 of 10 training pairs")
+    with pytest.raises(ValueError, match="no training row has"):
+        instruct.data_fix(Dataset.from_list(good), error)
+    with pytest.raises(ValueError, match="unknown error category"):
+        instruct.data_fix(rows, "rude")
+
+
+def test_most_frequent_error_breaks_ties_in_the_order_of_the_categories():
+    import pandas as pd
+
+    scored = pd.DataFrame([{"model": "m", **{e: False for e in instruct.ERRORS}, "repetitive": True, "too long": True},
+                           {"model": "m", **{e: False for e in instruct.ERRORS}, "repetitive": True},
+                           {"model": "n", **{e: False for e in instruct.ERRORS}}])
+    assert instruct.most_frequent_error(scored, "m") == ("repetitive", 2)
+    assert instruct.most_frequent_error(scored, "n") == (None, 0)
+    with pytest.raises(ValueError, match="no scored answers of 'x'"):
+        instruct.most_frequent_error(scored, "x")
+
+
+def test_teacher_forced_predictions_are_read_one_position_ahead(causal):
+    _, tok = causal
+    labels = torch.tensor([[-100, -100, 5, 6, 7]])
+    logits = torch.zeros(1, 5, 10)
+    logits[0, 1, 5] = logits[0, 2, 6] = logits[0, 3, 9] = 1.0     # right, right, wrong
+    table = instruct.teacher_forced(logits, labels, tok)
+    assert table["match"].tolist() == [True, True, False] and len(table) == 3
+    with pytest.raises(ValueError, match="every label is -100"):
+        instruct.teacher_forced(logits, torch.full((1, 5), -100), tok)
+
+
+def test_prompt_share_counts_tokens_not_examples_and_by_length_groups_rows():
+    assert instruct.prompt_share([{"labels": [-100, -100, -100, 5, 6]}, {"labels": [-100, 7, 8, 9, 10, 11, 12]}]) \
+        == pytest.approx(4 / 12)
+    with pytest.raises(ValueError, match="no tokens"):
+        instruct.prompt_share([])
+    table = instruct.by_length({"score": [1, 2, 3, 4, 5, 6]}, [10, 60, 20, 50, 30, 40])
+    assert table["score"].tolist() == [2.0, 5.5, 3.0] and table["rows"].tolist() == [2, 2, 2]
+    assert list(table.index) == ["short", "medium", "long"] and table.loc["long", "shortest"] == 50
+    with pytest.raises(ValueError, match="cannot make 3 length groups"):
+        instruct.by_length({"score": [1]}, [3])
+
+
+def test_session_sizes_and_recorded_settings_depend_on_the_profile_only(cfg):
+    assert instruct.sizes(cfg) == instruct.sizes("smoke") == instruct.SIZES["smoke"]
+    assert instruct.sizes("cpu")["train pairs"] == 160
+    with pytest.raises(ValueError, match="no session 05 sizes for profile 'laptop'"):
+        instruct.sizes("laptop")
+    import json
+
+    settings = instruct.recorded_settings(cfg.profile)
+    assert json.loads(json.dumps(settings)) == settings and settings["sizes"] == instruct.sizes("smoke")
+    with pytest.raises(ValueError, match="method must be 'full' or 'LoRA'"):
+        instruct.fine_tune(None, None, [], cfg, method="QLoRA")
+
+
+def test_blind_rating_hides_the_model_until_compared_and_correlates_the_ratings():
+    import pandas as pd
+
+    rows = [{"instruction": f"q{i}", "response": f"r{i}"} for i in range(4)]
+    scored = pd.DataFrame({"model": ["base"] * 4 + ["LoRA"] * 4, "item": list(range(4)) * 2,
+                           "answer": [f"a{i}" for i in range(8)], "rougeL": [0.1 * i for i in range(8)],
+                           "cosine": [0.5] * 8, "judge": [3] * 8})
+    box = instruct.blind_rating(scored, rows, n=6, seed=1)
+    shown = [c.children[0].value for c in box.children[:6]]
+    assert len(shown) == 6 and not any("LoRA" in s or "base" in s for s in shown)
+    for k, child in enumerate(box.children[:6]):
+        child.children[1].value = 1 + k % 5
+    box.children[6].click()
+    assert len(box.ratings) == 6 and set(box.ratings.values()) <= {1, 2, 3, 4, 5}
+
+
+def test_plan_data_fix_skips_errors_the_training_data_does_not_show():
+    import pandas as pd
+
+    scored = pd.DataFrame([{"model": "m", **{e: False for e in instruct.ERRORS}, "repetitive": True, "too long": i < 2}
+                           for i in range(3)])
+    good = [{"instruction": "Name a city.", "response": f"Paris is a city, fact {i}."} for i in range(9)]
+    long = " ".join(f"item{i}" for i in range(80))             # long, but no trigram repeats
+    rows = Dataset.from_list(good + [{"instruction": "Describe it.", "response": long}])
+    plan = instruct.plan_data_fix(scored, "m", rows)
+    assert [s[:2] for s in plan["skipped"]] == [("repetitive", 3)] and "no training row has" in plan["skipped"][0][2]
+    assert plan["error"] == "too long" and plan["count"] == 2 and len(plan["rows"]) == 9
+    nothing = instruct.plan_data_fix(scored, "m", Dataset.from_list(good))
+    assert nothing["error"] is None and nothing["rows"] is None and len(nothing["skipped"]) == 2
+
+
+def test_best_validation_loss_is_the_kept_checkpoints():
+    from types import SimpleNamespace
+
+    history = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.7}]
+    assert instruct.best_validation_loss(SimpleNamespace(name="r", eval_history=history, best_step=2)) == 1.5
+    assert instruct.best_validation_loss(SimpleNamespace(name="r", eval_history=history, best_step=None)) == 1.7
+    with pytest.raises(ValueError, match="run 'r' scored no validation rows"):
+        instruct.best_validation_loss(SimpleNamespace(name="r", eval_history=[], best_step=None))
+
+
+def test_dolly_lora_ends_with_the_checkpoint_of_the_lowest_validation_loss(cfg, causal):
+    """The session's run keeps the best checkpoint: the model it returns re-scores the best validation loss (not the
+    last), measured here by hand as the Trainer does (one example at a time, the mean of each example's mean)."""
+    model, tok = causal
+    rows = dolly_rows(tok, longer_than=0, n=0, short=6)
+    train_rows, val_rows = Dataset.from_list(list(rows)[:4]), Dataset.from_list(list(rows)[4:])
+    # a learning rate far too high: the validation loss is lowest early and rises after, so best != last
+    run = instruct.dolly_lora(model, tok, train_rows, val_rows, cfg, name="best", lr=0.05, steps=3, batch=2,
+                              max_length=64)
+    try:
+        losses = [h["loss"] for h in run.eval_history]
+        assert [h["step"] for h in run.eval_history] == [1, 2, 3]           # the smoke profile scores every step
+        assert run.best_step == 1 + losses.index(min(losses)) and run.best_step != 3, losses
+        assert instruct.best_validation_loss(run) == min(losses)
+        val_enc = instruct.tokenize_instructions(val_rows, tok, 64)
+        again = instruct.example_loss(instruct.response_losses(run.model, val_enc, tok, batch_size=1))
+        assert again == pytest.approx(min(losses), rel=1e-3) and again != pytest.approx(losses[-1], rel=1e-3)
+    finally:
+        run.model.unload()

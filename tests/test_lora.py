@@ -158,3 +158,97 @@ def test_peft_lora_trains_and_saves_the_new_classifier_head(cfg, tmp_path):
     reloaded = PeftModel.from_pretrained(models.load_classifier(["neg", "pos"], cfg), tmp_path).eval()
     with torch.no_grad():
         assert torch.allclose(reloaded(**probe).logits, in_memory, atol=1e-5)
+
+
+def test_the_three_alpha_rules_agree_at_rank_8_and_part_elsewhere():
+    assert {rule: lora.rule_scale(rule, 8) for rule in lora.ALPHA_RULES} == pytest.approx(
+        {rule: 2.0 for rule in lora.ALPHA_RULES})
+    assert lora.rule_scale("fixed alpha = 16", 32) == 0.5             # alpha / r falls as 1/r
+    assert lora.rule_scale("alpha = 2r", 32) == 2.0                   # stays
+    assert lora.rule_scale("rsLoRA: alpha / sqrt(r)", 32) == pytest.approx(1.0)   # falls as 1/sqrt(r)
+    assert lora.alpha_for("alpha = 2r", 32) == (64.0, False) and lora.alpha_for("rsLoRA: alpha / sqrt(r)", 2)[1]
+    with pytest.raises(ValueError, match="unknown alpha rule 'alpha = r'; choose one of"):
+        lora.alpha_for("alpha = r", 8)
+    with pytest.raises(ValueError, match="rank r must be a positive integer"):
+        lora.alpha_for("alpha = 2r", 0)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_peft_scales_the_update_as_the_rule_says_and_update_norm_measures_it(rslora):
+    """peft's own scaling is alpha / r (alpha / sqrt(r) with rsLoRA), and update_norm is ||scale * B A||_F."""
+    torch.manual_seed(0)
+    model = lora.peft_lora(tiny("llama lm"), ["q_proj", "v_proj"], r=4, alpha=12, use_rslora=rslora,
+                           task_type="CAUSAL_LM")
+    layer = model.get_submodule("base_model.model.model.layers.0.self_attn.q_proj")
+    assert layer.scaling["default"] == pytest.approx(lora.lora_scale(12, 4, rslora)) == pytest.approx(
+        12 / 2 if rslora else 12 / 4)
+    assert lora.update_norm(model, "model.layers.0.self_attn.q_proj") == 0.0             # B starts at zero
+    nn.init.normal_(layer.lora_B["default"].weight)
+    x = torch.randn(3, 32)
+    delta = layer(x) - layer.base_layer(x)                       # what the adapter adds, computed by peft
+    update = lora.lora_scale(12, 4, rslora) * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    assert torch.allclose(delta, x @ update.T, atol=1e-5)
+    assert lora.update_norm(model, "model.layers.0.self_attn.q_proj") == pytest.approx(
+        torch.linalg.matrix_norm(update).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="no LoRA layer named 'model.layers.0.mlp.up_proj'"):
+        lora.update_norm(model, "model.layers.0.mlp.up_proj")
+    with pytest.raises(ValueError, match="alpha must be positive"):
+        lora.peft_lora(tiny("llama lm"), ["q_proj"], r=4, alpha=0)
+
+
+@pytest.mark.parametrize("architecture", ["bert", "distilbert"])
+def test_the_four_ways_train_what_they_say_on_two_architectures(architecture):
+    from ftkit.exercises.fixtures import tiny_classifier
+    from ftkit.train import count_params
+
+    heads = {"bert": {"classifier"}, "distilbert": {"pre_classifier", "classifier"}}[architecture]
+    trained = {}
+    for way in lora.CLASSIFIER_WAYS:
+        model = lora.prepare_classifier(tiny_classifier(architecture), way)
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        trained[way] = count_params(model)[0]
+        if way == "head only":       # the new head, and BERT's pooler (not a block)
+            assert {n.split(".")[0] for n in names if ".pooler." not in n} == heads
+        if way == "LoRA r=8 (peft)":
+            assert names and all("lora_" in n or "modules_to_save" in n for n in names)
+            assert any(part in names[0] for part in ("query", "q_lin"))        # named for the architecture
+    assert trained["full"] > trained["adapters (32)"] > trained["head only"] and trained["LoRA r=8 (peft)"] > 0
+    with pytest.raises(ValueError, match="unknown way 'lora'"):
+        lora.prepare_classifier(tiny_classifier(architecture), "lora")
+
+
+def test_the_four_ways_sweep_settings_depend_on_the_profile_alone():
+    from ftkit import env, results
+
+    cpu = results.code_settings("lora_classifiers", env.PROFILES["cpu"])
+    assert cpu["learning_rates"] == {"full": 5e-5, "head only": 1e-3, "adapters (32)": 1e-3, "LoRA r=8 (peft)": 1e-3}
+    assert cpu["train_size"] == 2000 and cpu["epochs"] == 2 and cpu["ways"] == list(lora.CLASSIFIER_WAYS)
+    assert results.code_settings("lora_classifiers", env.PROFILES["gpu"])["learning_rates"]["LoRA r=8 (peft)"] == 5e-4
+
+
+def test_the_alpha_sweep_settings_name_every_run_and_its_alpha():
+    from ftkit import env, results
+
+    cpu = results.code_settings("lora_alpha", env.PROFILES["cpu"])
+    assert (cpu["steps"], cpu["held-out examples"], cpu["batch"], cpu["max_length"]) == (10, 20, 4, 256)
+    assert cpu["runs"] == [[8, "alpha = 2r"], [32, "fixed alpha = 16"], [32, "rsLoRA: alpha / sqrt(r)"],
+                           [32, "alpha = 2r"]]
+    assert cpu["alpha rules"]["alpha = 2r"] == [[16.0, False], [64.0, False]]
+    assert cpu["alpha rules"]["rsLoRA: alpha / sqrt(r)"] == [[pytest.approx(16 / 8 ** 0.5), True]] * 2
+    assert results.code_settings("lora_alpha", env.PROFILES["gpu"])["steps"] == 30
+
+
+def test_a_causal_run_reports_its_scale_and_update_and_repeats_exactly(cfg):
+    """What the notebook checks against the recording: the same settings give the same run, whatever ran before."""
+    tok = models.load_tokenizer("causal", cfg)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    train_ds, held, held_short = lora.causal_data(cfg, tok)
+    assert len(held) == lora.causal_sizes(cfg)["held out"] and held_short[0] == held[0]
+    runs = [lora.train_causal(cfg, train_ds.select(range(4)), held_short.select(range(2)), tok, 4, "attention", rule,
+                              steps=1) for rule in ("fixed alpha = 16", "fixed alpha = 16", "alpha = 2r")]
+    first, again, other = runs
+    assert first.extra["scale"] == 4.0 and other.extra["scale"] == 2.0 and first.extra["alpha"] == 16.0
+    assert first.extra[lora.UPDATE] == lora.update_norm(first.model, "model.layers.0.self_attn.q_proj") > 0
+    assert again.metrics["held-out loss"] == first.metrics["held-out loss"]
+    assert again.extra[lora.UPDATE] == first.extra[lora.UPDATE]
+    assert other.extra[lora.UPDATE] != first.extra[lora.UPDATE]      # half the scale, another update

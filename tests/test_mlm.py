@@ -198,3 +198,83 @@ def test_the_panels_run_from_code(cfg, tok):
     assert 0 <= results.rows[0]["medical token top1"] <= 1 and result.seconds > 0
     with pytest.raises(ValueError, match="must be in 0.05..0.5"):
         run.click(probability=0.9)
+
+
+# --------------------------------------------------------------------------- evaluation helpers
+def test_batching_by_length_gives_the_same_scores_as_one_example_at_a_time(tok, general_model):
+    texts = data.general_corpus("test")[:10] + data.load("medquad_corpus")["train"]["text"][:6]
+    examples = mlm.eval_set(tok, texts, "token")
+    assert len({len(e["input_ids"]) for e in examples}) > 5     # lengths differ: batches are reordered and padded
+    batched, single = mlm.hidden_topk(general_model, examples, 5, 16), mlm.hidden_topk(general_model, examples, 5, 1)
+    assert all(torch.equal(a, b) for a, b in zip(batched, single))
+    guesses = mlm.predictions(general_model, examples)
+    right = sum(int((g[e["labels"] != -100] == e["labels"][e["labels"] != -100]).sum()) for g, e in zip(guesses, examples))
+    scores = mlm.masked_accuracy(general_model, examples)
+    assert right == round(scores["top1"] * scores["hidden pieces"]) and scores["hidden pieces"] > 20
+    assert all((g == -100).tolist() == (e["labels"] == -100).tolist() for g, e in zip(guesses, examples))
+
+
+def test_probes_show_the_original_or_a_random_piece_at_the_same_positions(tok, medical):
+    examples = mlm.eval_set(tok, medical[:12], "token")
+    keep = mlm.shown_instead(examples, tok, "keep")
+    shuffled, again = mlm.shown_instead(examples, tok, "random", seed=3), mlm.shown_instead(examples, tok, "random", seed=3)
+    changed = total = 0
+    for e, k, r, r2 in zip(examples, keep, shuffled, again):
+        hidden = e["labels"] != -100
+        assert torch.equal(k["labels"], e["labels"]) and torch.equal(r["labels"], e["labels"])
+        assert torch.equal(k["input_ids"][hidden], e["labels"][hidden])                  # the original piece shown
+        assert torch.equal(k["input_ids"][~hidden], e["input_ids"][~hidden])             # the rest as it was
+        assert torch.equal(r["input_ids"], r2["input_ids"])                                # seeded
+        changed += int((r["input_ids"][hidden] != e["labels"][hidden]).sum())
+        total += int(hidden.sum())
+        assert (e["input_ids"][hidden] == tok.mask_token_id).all()                         # the eval set is untouched
+    assert changed >= total - 1 and total > 50
+    with pytest.raises(ValueError, match="'keep' or 'random'"):
+        mlm.shown_instead(examples, tok, "mask")
+
+
+def test_nothing_hidden_is_refused_rather_than_scored_as_zero(tok, general_model):
+    examples = mlm.eval_set(tok, ["A short one."], "token", probability=0.01, seed=0)
+    examples = [{**e, "labels": torch.full_like(e["labels"], -100)} for e in examples]
+    with pytest.raises(ValueError, match="has a hidden piece"):
+        mlm.masked_accuracy(general_model, examples)
+
+
+def test_the_recorded_runs_depend_on_the_profile_alone(cfg):
+    from ftkit import env
+
+    settings = mlm.adaptation_settings(env.PROFILES["cpu"])
+    assert settings == mlm.adaptation_settings(env.PROFILES["cpu"]) and settings["sizes"] == mlm.SIZES["cpu"]
+    assert [tuple(r) for r in settings["runs"]] == list(mlm.RUNS) and settings["seeds"]
+    assert cfg.seed not in settings["seeds"]        # the live run is another seed than the recorded one: two seeds shown
+    assert {tuple(r) for r in settings["runs"]} >= {("whole_word", "[MASK] only"), ("token", "[MASK] only"),
+                                                    ("token", "80/10/10")}
+    assert mlm.adaptation_settings(cfg)["sizes"] == mlm.SIZES["smoke"]
+
+
+def test_adapt_trains_with_80_10_10_when_asked_and_refuses_it_for_whole_words(cfg, tok, medical):
+    model, result = mlm.adapt(cfg, medical[:16], "token", 0.15, max_length=32, mask_token_only=False, seed=5,
+                              max_steps=1)
+    assert result.extra["replacement"] == "80/10/10" and result.extra["seed"] == 5 and result.steps == 1
+    with pytest.raises(ValueError, match="replaces every"):
+        mlm.adapt(cfg, medical[:16], "whole_word", 0.15, max_length=32, mask_token_only=False, max_steps=1)
+
+
+def test_the_sweep_scores_each_run_and_the_table_averages_its_seeds(cfg, monkeypatch):
+    monkeypatch.setitem(mlm.SIZES, "smoke", {"train": 16, "heldout": 4, "ppl": 1, "max_length": 32})
+    monkeypatch.setattr(mlm, "RUNS", (("token", "80/10/10"),))
+    monkeypatch.setitem(mlm.SWEEP_SEEDS, "smoke", [42])
+    rows = mlm.adaptation_sweep(cfg)
+    assert [(r["scheme"], r["replacement"], r["seed"]) for r in rows] == [("token", "80/10/10", 42)]
+    assert rows[0]["steps"] == cfg.profile.max_steps and rows[0]["medical pseudo-ppl"] > 1
+    assert 0 <= rows[0]["medical keep top1"] <= 1 and 0 <= rows[0]["medical random top1"] <= 1
+    twice = rows + [{**rows[0], "seed": 43, "medical token top1": rows[0]["medical token top1"] + 0.1}]
+    table = mlm.adaptation_table([{"model": "live", **rows[0]}], twice)
+    assert list(table.index) == ["live", "token, 80/10/10 (recorded, mean of 2 seeds)"]
+    assert abs(table.loc["token, 80/10/10 (recorded, mean of 2 seeds)", "medical token top1"]
+               - rows[0]["medical token top1"] - 0.05) < 1e-9
+    low, high = rows[0]["medical token top1"], rows[0]["medical token top1"] + 0.1
+    assert table.loc["token, 80/10/10 (recorded, mean of 2 seeds)", "medical top1 range"] == f"{low:.3f}..{high:.3f}"
+    single = mlm.adaptation_table([], rows)
+    assert list(single.index) == ["token, 80/10/10 (recorded, seed 42)"] and "medical top1 range" not in single
+    assert single.iloc[0]["medical token top1"] == rows[0]["medical token top1"]

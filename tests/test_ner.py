@@ -192,3 +192,37 @@ def test_the_tagger_refuses_labels_that_do_not_fit_its_label_names(cfg):
     encoded = DatasetDict({"train": split, "test": split})
     with pytest.raises(ValueError, match=r"split 'train' holds label id 4, but label_names has 3 labels"):
         ner.train_tagger(cfg, encoded, None, ["O", "B-PER", "I-PER"])
+
+
+def test_the_tagger_box_tags_a_typed_sentence(cfg, tok):
+    """What a learner does with the box in section 5 (a test here, not a click in the notebook's Run All)."""
+    names = ner.label_list(["PER", "LOC", "ORG", "MISC"])
+    model = models.load_token_classifier(names, cfg)
+    typed = ner.tagger_panel(model, tok, ["PER", "LOC", "ORG", "MISC"]).click(
+        sentence="Barack Obama visited the United Nations in New York.")
+    assert [w for w, _ in typed] == ["Barack", "Obama", "visited", "the", "United", "Nations", "in", "New", "York", "."]
+    assert all(tag in names for _, tag in typed)
+    with pytest.raises(ValueError, match="at least one word"):
+        ner.split_words("  ")
+
+
+def tiny_ner_splits(n_train=32):
+    from datasets import Dataset, DatasetDict
+
+    rows = {"tokens": [["Ada", "Lovelace", "visited", "Paris", "."], ["Kilimanjaro", "is", "in", "Tanzania"]],
+            "tags": [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-LOC", "O", "O", "B-LOC"]]}
+    part = lambda n: Dataset.from_dict({k: (v * n)[:n] for k, v in rows.items()})  # noqa: E731
+    return DatasetDict({"train": part(n_train), "validation": part(4), "test": part(4)})
+
+
+def test_the_main_run_scores_the_validation_split_after_every_epoch(cfg, tok):
+    """Section 4's F1 by epoch: one validation score per epoch, while the test split is scored once, at the end."""
+    encoded = ner.tokenize_and_align(tiny_ner_splits(), tok, L2I, max_length=32)
+    result, _ = ner.train_tagger(cfg, encoded, tok, LABELS, validate=True)     # smoke: 8 steps of 16 = 4 epochs
+    assert result.steps == 8
+    assert [round(h["epoch"]) for h in result.eval_history] == [1, 2, 3, 4]
+    assert all(0 <= h["overall_f1"] <= 1 and "overall_accuracy" in h for h in result.eval_history)
+    assert "overall_f1" in result.metrics and "loss" in result.metrics          # the test split, after training
+    del encoded["validation"]
+    with pytest.raises(ValueError, match="validate=True scores the 'validation' split"):
+        ner.train_tagger(cfg, encoded, tok, LABELS, validate=True)

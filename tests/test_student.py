@@ -184,10 +184,13 @@ def test_the_committed_student_copies_are_current():
 def test_a_student_copy_holds_no_solution_and_no_output(name):
     nb = nbformat.read(STUDENT / name, as_version=4)
     text = json.dumps([c.source for c in nb.cells])
-    assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text and "@title" not in text
+    assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text and nbs.SOLUTION_TITLE not in text
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert cell.outputs == [] and cell.execution_count is None
-            assert "source_hidden" not in cell.metadata.get("jupyter", {}) and "cellView" not in cell.metadata
+            folded = "source_hidden" in cell.metadata.get("jupyter", {}) or "cellView" in cell.metadata
+            # the exercise cells are open for the learner to write in; only the expected-results checks stay folded
+            assert folded == nbs.is_expected_cell(cell), cell.source[:80]
+            assert ("@title" in cell.source) == folded, cell.source[:80]
     solutions = sum(c.source.count(nbs.BEGIN) for c in nbformat.read(COURSE / name, as_version=4).cells)
     assert text.count("# your code here") >= solutions

@@ -358,3 +358,115 @@ def test_gpu_memory_levers_keep_the_requested_batch_and_accumulation(cfg, monkey
     assert out == {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 8, "learning_rate": 1e-4}
     assert train.gpu_memory_levers(model, ds, cfg, {"per_device_train_batch_size": 2}) == \
         {"per_device_train_batch_size": 2}
+
+
+# --------------------------------------------------------------------------- validation curves, LR schedule, best checkpoint
+def tiny_classifier(seed: int = 0):
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(BertConfig(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, vocab_size=32,
+        max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2))
+
+
+def token_rows(n: int, flipped: bool = False, seed: int = 0):
+    """Sentences of 6 tokens from 1..10 (label 0) or 11..20 (label 1); `flipped` swaps the labels, so a model that
+    learns the training rule gets worse on it, step after step (a validation loss that rises)."""
+    import random
+
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    labels = [i % 2 for i in range(n)]
+    ids = [[rng.randint(1, 10) + 10 * y for _ in range(6)] for y in labels]
+    return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * 6] * n,
+                              "labels": [1 - y if flipped else y for y in labels]})
+
+
+TINY_RUN = dict(max_steps=-1, num_train_epochs=3, per_device_train_batch_size=8, logging_steps=1, seed=0)
+
+
+def test_fit_validates_every_epoch_and_keeps_the_schedule_it_trained_with(cfg):
+    result = train.fit(tiny_classifier(), token_rows(40), token_rows(16, seed=2), cfg, name="tiny",
+                       validation_ds=token_rows(16, seed=1), learning_rate=1e-3, warmup_steps=3, **TINY_RUN)
+    assert result.steps == 15 and result.steps_per_epoch == 5
+    assert [(h["step"], h["epoch"]) for h in result.eval_history] == [(5, 1.0), (10, 2.0), (15, 3.0)]
+    assert all(math.isfinite(h["loss"]) for h in result.eval_history) and result.best_step is None
+    assert "loss" in result.metrics and "epoch" not in result.metrics        # the test set, scored once at the end
+    # linear warm-up over 3 steps from 0, then linear decay to 0 at step 15: the rate each step used
+    expected = [1e-3 * (s / 3 if s < 3 else (15 - s) / 12) for s in range(15)]
+    assert [step for step, _ in result.lr_history] == list(range(1, 16))
+    assert [rate for _, rate in result.lr_history] == pytest.approx(expected)
+
+
+def test_validation_during_training_does_not_change_the_training(cfg):
+    plain = train.fit(tiny_classifier(), token_rows(40), None, cfg, name="plain", learning_rate=1e-3, **TINY_RUN)
+    watched = train.fit(tiny_classifier(), token_rows(40), None, cfg, name="watched", learning_rate=1e-3,
+                        validation_ds=token_rows(16, seed=1), eval_every=4, **TINY_RUN)
+    assert [h["step"] for h in watched.eval_history] == [4, 8, 12, 15]      # every 4 steps and after the last one
+    assert [s for s, _ in watched.loss_history] == [s for s, _ in plain.loss_history]
+    assert [loss for _, loss in watched.loss_history] == pytest.approx([loss for _, loss in plain.loss_history])
+
+
+def test_keep_best_ends_with_the_lowest_validation_loss_and_removes_its_folder(cfg, monkeypatch):
+    import tempfile
+
+    from transformers import Trainer
+
+    folders = []
+
+    class Recorded(tempfile.TemporaryDirectory):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            folders.append(self.name)
+
+    monkeypatch.setattr(train.tempfile, "TemporaryDirectory", Recorded)
+    validation = token_rows(16, flipped=True, seed=1)       # the better the model learns, the worse it does here
+    result = train.fit(tiny_classifier(), token_rows(40), token_rows(16, flipped=True, seed=1), cfg, name="best",
+                       validation_ds=validation, keep_best=True, learning_rate=3e-3, **TINY_RUN)
+    losses = [h["loss"] for h in result.eval_history]
+    assert len(losses) == 3 and losses[-1] > losses[0]      # it overfits, for the validation set
+    best = min(result.eval_history, key=lambda h: h["loss"])
+    assert result.best_step == best["step"] < result.steps
+    # the model it returns holds the kept weights: the same rows score the best validation loss, not the last one
+    assert result.metrics["loss"] == pytest.approx(best["loss"], rel=1e-5)
+    rescored = Trainer(model=result.model, args=train.training_args(cfg)).evaluate(validation)["eval_loss"]
+    assert rescored == pytest.approx(best["loss"], rel=1e-5)
+    assert len(folders) == 1 and not __import__("os").path.exists(folders[0])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"keep_best": True}, "keep_best=True keeps the checkpoint with the lowest validation loss: pass validation_ds"),
+    ({"validation_ds": "TEST"}, r"validation_ds is the test set \(eval_ds\)"),
+    ({"validation_ds": "TRAIN"}, "validation_ds is the training set"),
+    ({"validation_ds": "EMPTY"}, "validation_ds has no rows"),
+    ({"validation_ds": "VAL", "eval_every": 0}, 'eval_every must be "epoch" or a positive whole number'),
+    ({"validation_ds": "VAL", "eval_every": "step"}, 'eval_every must be "epoch" or a positive whole number'),
+])
+def test_fit_refuses_a_validation_that_would_choose_with_the_test_set_or_with_nothing(cfg, kwargs, message):
+    train_ds, test = token_rows(8), token_rows(8, seed=2)
+    chosen = {"TEST": test, "TRAIN": train_ds, "EMPTY": token_rows(8).select([]), "VAL": token_rows(8, seed=1)}
+    kwargs = {k: chosen.get(v, v) if isinstance(v, str) else v for k, v in kwargs.items()}
+    with pytest.raises(ValueError, match=message):
+        train.fit(tiny_classifier(), train_ds, test, cfg, name="refused", **kwargs)
+
+
+def test_training_curves_draw_train_and_validation_loss_the_best_checkpoint_and_the_schedule(cfg):
+    from ftkit import results
+
+    result = train.fit(tiny_classifier(), token_rows(40), None, cfg, name="tiny", keep_best=True,
+                       validation_ds=token_rows(16, flipped=True, seed=1), learning_rate=3e-3, warmup_steps=3,
+                       **TINY_RUN)
+    fig = results.training_curves(result, per="epoch")
+    traces = {t.name: t for t in fig.data}
+    assert set(traces) == {"training loss", "validation loss", f"kept: step {result.best_step}", "learning rate"}
+    assert list(traces["validation loss"].x) == [1.0, 2.0, 3.0]
+    assert list(traces["learning rate"].y) == [rate for _, rate in result.lr_history]
+    assert list(traces["training loss"].y) == [loss for _, loss in result.loss_history]
+    assert list(results.training_curves(result).data[1].x) == [5, 10, 15]          # per step
+    with pytest.raises(ValueError, match="no loss history to draw"):
+        results.training_curves(train.RunResult("head", {}, 1, 1, 0.0, 0.0))
+    with pytest.raises(ValueError, match='per must be "step" or "epoch"'):
+        results.training_curves(result, per="batch")

@@ -110,13 +110,59 @@ def test_setup_names():
     assert [tuning.setup_name(n, 6) for n in (0, 4, 6)] == ["full", "last 2", "head only"]
 
 
-def test_ablation_panel_rejects_out_of_range_and_runs(cfg):
+def test_ablation_panel_rejects_out_of_range_and_scores_on_validation_never_on_test(cfg, monkeypatch):
+    """The click that 01's Run All made for the tests (3 of 6 blocks frozen, 1 epoch) lives here now."""
     rt = data.for_profile(data.load("rotten_tomatoes"), cfg)
     encoded, tok = tuning.tokenize(rt, cfg)
+    validation = tuning.validation_subset(encoded, 32)
+    scored = []
+    real_fit = tuning.train.fit
+
+    def spy(model, train_ds, eval_ds, *args, **kwargs):
+        scored.append(eval_ds)
+        return real_fit(model, train_ds, eval_ds, *args, **kwargs)
+
+    monkeypatch.setattr(tuning.train, "fit", spy)
     table = ResultsTable()
-    panel = tuning.ablation_panel(cfg, encoded, tok, ["negative", "positive"], table, depth=6)
+    panel = tuning.ablation_panel(cfg, encoded, tok, ["negative", "positive"], table, depth=6, validation=validation,
+                                  warmup_steps=0.1)
     with pytest.raises(ValueError, match="n_frozen must be in 0..6, got 7"):
         panel.click(n_frozen=7)
-    result = panel.click(n_frozen=6, epochs=1.0)
-    assert result.name.startswith("head only") and len(table) == 1
-    assert result.extra["frozen blocks"] == 6 and result.model is None     # numbers kept, the model freed
+    result = panel.click(n_frozen=3, epochs=1.0)
+    assert result.name.startswith("last 3") and len(table) == 1
+    assert len(scored) == 1 and scored[0] is validation and scored[0] is not encoded["test"]
+    assert table.rows[0]["validation accuracy"] == result.metrics["accuracy"] and "accuracy" not in table.rows[0]
+    assert result.extra["frozen blocks"] == 3 and result.model is None     # numbers kept, the model freed
+    assert result.lr_history[0][1] == 0.0                                  # the notebook's warm-up reached the run
+
+
+def test_fine_tune_validates_keeps_the_best_and_reports_its_validation_accuracy(cfg):
+    rt = data.for_profile(data.load("rotten_tomatoes"), cfg)
+    encoded, tok = tuning.tokenize(rt, cfg)
+    validation = tuning.validation_subset(encoded, 32)
+    result = tuning.fine_tune(cfg, encoded, tok, ["negative", "positive"], 4, validation=validation, eval_every=2,
+                              keep_best=True)
+    assert [h["step"] for h in result.eval_history] == [2, 4, 6, 8]
+    best = min(result.eval_history, key=lambda h: h["loss"])
+    assert result.best_step == best["step"] and tuning.kept_validation(result) is best
+    assert result.extra["validation accuracy"] == best["accuracy"]
+    assert 0 <= result.metrics["accuracy"] <= 1                           # the test split, scored once at the end
+
+
+def test_validation_subset_takes_an_equal_share_of_each_class_and_needs_the_split(cfg):
+    rt = data.for_profile(data.load("rotten_tomatoes"), cfg)
+    encoded, _ = tuning.tokenize(rt, cfg)
+    subset = tuning.validation_subset(encoded, 20)
+    assert len(subset) == 20 and sorted(subset["label"]).count(0) == 10
+    assert len(tuning.validation_subset(encoded, None)) == len(encoded["validation"])
+    with pytest.raises(ValueError, match="no 'validation' split.*train_test_split"):
+        tuning.validation_subset({"train": encoded["train"], "test": encoded["test"]}, 20)
+
+
+def test_fine_tune_refuses_an_unknown_split_to_score(cfg):
+    encoded, tok = tuning.tokenize(_tiny([0, 1, 0, 1]), cfg)
+    with pytest.raises(ValueError, match="score_on='dev' is not a split of the data; splits: \\['train', 'test'\\]"):
+        tuning.fine_tune(cfg, encoded, tok, ["neg", "pos"], n_frozen=6, score_on="dev")
+    with pytest.raises(ValueError, match="was not validated during training"):
+        tuning.kept_validation(tuning.feature_based("lr", tuning.MLPHead(hidden=4, epochs=1), np.eye(2, dtype=np.float32),
+                                                    [0, 1], np.eye(2, dtype=np.float32), [0, 1], encoder_params=10))
