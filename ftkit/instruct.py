@@ -392,8 +392,12 @@ def sft(model, tokenizer, train_rows, cfg, *, name: str, template: str = "alpaca
 
         if not isinstance(lora_rank, int) or isinstance(lora_rank, bool) or lora_rank <= 0:
             raise ValueError(f"lora_rank must be a positive integer or None (full fine-tuning), got {lora_rank!r}")
+        if lora_alpha is not None and (isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float))
+                                       or lora_alpha <= 0):
+            raise ValueError(f"lora_alpha must be a positive number, or None for 2 * lora_rank, got {lora_alpha!r}")
         targets = list(lora_targets or models.lora_targets(model, "all-linear"))
-        peft_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or 2 * lora_rank, lora_dropout=0.0,
+        peft_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_rank,
+                                 lora_dropout=0.0,
                                  task_type="CAUSAL_LM", target_modules=targets)
     rows = sft_dataset(train_rows, template)
     lost = check_responses_fit(rows, tokenizer, max_length)

@@ -85,6 +85,9 @@ class LoRALinear(nn.Module):
 
 def matching_modules(model, targets) -> list[str]:
     """Names of nn.Linear modules whose name ends with one of `targets`; a target that matches nothing is an error."""
+    if isinstance(targets, str) or not targets:
+        raise ValueError(f"targets must be a non-empty list of module names, e.g. models.lora_targets(model, "
+                         f"'attention') or ['query', 'value'], got {targets!r}")
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     found = []
     for target in targets:
@@ -188,8 +191,13 @@ def peft_lora(model, targets, r: int = 8, alpha: float = 16, task_type: str | No
 
     first = model.get_submodule(matching_modules(model, targets)[0])
     check_rank(r, first.out_features, first.in_features)
-    if not alpha > 0:
-        raise ValueError(f"lora alpha must be positive (the update is scaled by alpha / r), got {alpha!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise ValueError(f"lora alpha must be a positive number (the update is scaled by alpha / r), got {alpha!r}")
+    names = [n for n, _ in model.named_modules()]
+    unknown = [k for k in keep if not any(n == k or n.endswith("." + k) for n in names)]
+    if unknown:       # peft would silently train nothing extra for a misspelled name
+        raise ValueError(f"keep names modules the model does not have: {unknown}; module names end with e.g. "
+                         f"{sorted({n.split('.')[-1] for n in names if n})[:12]}")
     heads = head_modules(model)
     save = heads + [k for k in keep if k not in heads]
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets),

@@ -300,7 +300,11 @@ def load_tokenizer(role: str = "encoder", cfg=None, name: str | None = None):
 
 
 def _label_maps(labels):
+    if isinstance(labels, str):
+        raise ValueError(f"labels must be a list of label names, e.g. ['neg', 'pos'], not the string {labels!r}")
     labels = list(labels)
+    if len({str(l) for l in labels}) < len(labels):
+        raise ValueError(f"labels {labels} repeat a name: each class needs its own, or two ids would mean one label")
     if len(labels) < 2:
         raise ValueError(f"a classifier needs at least 2 labels, got {labels}")
     return {i: str(l) for i, l in enumerate(labels)}, {str(l): i for i, l in enumerate(labels)}

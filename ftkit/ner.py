@@ -89,6 +89,10 @@ def align_labels(word_ids, word_tags, label2id, mode: str = "first") -> list[int
     """
     if mode not in ("first", "all"):
         raise ValueError(f"mode must be 'first' or 'all', not {mode!r}")
+    words = max((w for w in word_ids if w is not None), default=-1) + 1
+    if words > len(word_tags):
+        raise ValueError(f"the tokenizer found {words} words but there are {len(word_tags)} tags: give one tag per "
+                         "word (and pass the words as a list, with is_split_into_words=True)")
     labels, previous = [], None
     for word in word_ids:
         if word is None:

@@ -85,7 +85,8 @@ def check_flags(args) -> None:
     if args.frozen and args.lora_rank is not None:
         raise ValueError("choose --frozen or --lora-rank: LoRA already freezes every original weight")
     if bool(args.data) == bool(args.train_file):
-        raise ValueError("give either --data (a packaged dataset) or --train-file (your JSONL/CSV), not both")
+        raise ValueError("give --data (a packaged dataset) or --train-file (your JSONL/CSV): exactly one of them, "
+                         + ("not both" if args.data else "none was given"))
     if args.eval_file and not args.train_file:
         raise ValueError("--eval-file goes with --train-file")
     for name in ("epochs", "learning_rate", "batch_size", "max_length", "save_steps"):

@@ -484,8 +484,20 @@ def test_session_07_prompting_rag_lora_and_the_cost_table(standins):
     assert choose.recall_at_k(index, [r["question"] for r in qa_test], [r["answer"] for r in qa_test], ks=(1, 3))
     rag = [choose.rag_row(r["question"], [index.answers[i] for i, _ in hits])
            for r, hits in zip(qa_test, index.search([r["question"] for r in qa_test], 2))]
-    answers = instruct.generate(model, tok, rag, max_new_tokens=4)
-    assert len(choose.qa_scores("RAG", answers, qa_test, index.model)) == 2
+    answers = choose.generate_by_length(model, tok, rag, max_new_tokens=4)
+    assert len(answers) == 2 and len(choose.qa_scores("RAG", answers, qa_test, index.model)) == 2
+    tuned_ids = list(data.take(qa["train"], 4, seed=0)["id"])        # the knowledge test, on the gpu model
+    sets = choose.knowledge_sets(qa["train"], qa["test"], tuned_ids, n=1)
+    losses = {name: choose.answer_losses(model, tok, rows, 64) for name, rows in sets.items()}
+    assert len(losses) == 3 and all(len(v) == 1 and v[0] > 0 for v in losses.values()), losses
+    settings = choose.kshot_settings(cfg.profile)                     # the recorded sweep's rows for this profile
+    assert settings["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    sweep_test, sweep_pool = choose.kshot_rows({**settings, "test reviews": 2, "pool": 4})
+    assert len(sweep_test) == 2 and len(sweep_pool) == 4
+    uncached = choose.kshot_eval(model, tok, test_rows, pool, 2, seed=0, cache_prefix=False)
+    cached = choose.kshot_eval(model, tok, test_rows, pool, 2, seed=0)   # the shared prompt start computed once
+    assert cached["prompt tokens"] == uncached["prompt tokens"]
+    assert abs(cached.scores - uncached.scores).max() < 1e-3, "reusing the cached prompt start changed the scores"
     assert choose.generation_speed(model, tok, new_tokens=4)["tokens/s"] > 0
     large = cfg.profile.extra["large_causal"]
     big, big_tok = models.load_causal(cfg, large)

@@ -388,6 +388,15 @@ def test_sft_refuses_a_max_length_that_cuts_every_response_and_names_one_that_fi
     assert trl_rows_kept(cfg, model, tok, rows, fits) == 5 and trl_rows_kept(cfg, model, tok, rows, fits - 1) < 5
 
 
+@pytest.mark.parametrize("alpha", [0, -1, "16"])
+def test_sft_refuses_a_lora_alpha_that_is_not_a_positive_number(cfg, causal, alpha):
+    """Before: 0 silently became 2 * rank (`alpha or 2 * rank`) and -1 trained with a negative scale."""
+    model, tok = causal
+    with pytest.raises(ValueError, match="lora_alpha must be a positive number"):
+        instruct.sft(model, tok, dolly_rows(tok, longer_than=0, n=2), cfg, name="alpha", lora_rank=4,
+                     lora_alpha=alpha, max_steps=1)
+
+
 @pytest.mark.parametrize("template", instruct.TEMPLATES)
 def test_rows_without_response_are_exactly_the_rows_trl_drops(cfg, causal, template):
     model, tok = causal

@@ -252,3 +252,21 @@ def test_a_causal_run_reports_its_scale_and_update_and_repeats_exactly(cfg):
     assert again.metrics["held-out loss"] == first.metrics["held-out loss"]
     assert again.extra[lora.UPDATE] == first.extra[lora.UPDATE]
     assert other.extra[lora.UPDATE] != first.extra[lora.UPDATE]      # half the scale, another update
+
+
+@pytest.mark.parametrize("targets, alpha, keep, message", [
+    ([], 8, (), "non-empty list"),
+    ("attention", 8, (), "non-empty list"),            # a string would be read letter by letter
+    (["q_lin"], None, (), "positive number"),
+    (["q_lin"], 0, (), "positive number"),
+    (["q_lin"], 8, ["clasifier"], "does not have"),     # peft would silently keep nothing
+])
+def test_peft_lora_refuses_targets_alpha_and_keep_it_cannot_use(targets, alpha, keep, message):
+    with pytest.raises(ValueError, match=message):
+        lora.peft_lora(tiny("distilbert"), targets, r=2, alpha=alpha, keep=keep)
+
+
+@pytest.mark.parametrize("labels, message", [("np", "not the string"), (["pos", "pos"], "repeat a name")])
+def test_a_classifier_needs_a_list_of_distinct_label_names(labels, message):
+    with pytest.raises(ValueError, match=message):
+        models._label_maps(labels)

@@ -58,6 +58,8 @@ def test_align_first_and_all(tok):
     assert first[1 + pieces] == every[1 + pieces] == L2I["O"]
     with pytest.raises(ValueError, match="mode must be 'first' or 'all'"):
         ner.align_labels(word_ids, tags, L2I, "last")
+    with pytest.raises(ValueError, match="found 2 words but there are 1 tags"):
+        ner.align_labels(word_ids, tags[:1], L2I, "first")
 
 
 @pytest.mark.parametrize("mode", ["first", "all"])

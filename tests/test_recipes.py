@@ -77,7 +77,8 @@ def test_user_files_with_their_own_column_names_and_string_labels(tmp_path, caps
     (["ner", "--data", "wikigold", "--lora-rank", "8"], "--lora-rank applies to classify and sft"),
     (["mlm", "--data", "medquad_corpus", "--frozen", "2"], "--frozen applies to classify and ner"),
     (["classify", "--data", "rotten_tomatoes", "--model", "./no/such/model"], "model folder './no/such/model' does not"),
-    (["classify"], "give either --data"),
+    (["classify"], "exactly one of them, none was given"),
+    (["classify", "--data", "rotten_tomatoes", "--train-file", "mine.jsonl"], "exactly one of them, not both"),
     (["classify", "--data", "rotten_tomatoes", "--resume"], "holds no ftkit run to continue"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, capsys, args, message):
