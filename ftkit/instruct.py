@@ -403,7 +403,14 @@ def sft(model, tokenizer, train_rows, cfg, *, name: str, template: str = "alpaca
     lost = check_responses_fit(rows, tokenizer, max_length)
     validation = {}
     if validation_rows is not None:
-        validation = {"validation_ds": sft_dataset(validation_rows, template), "keep_best": keep_best,
+        validation_ds = sft_dataset(validation_rows, template)
+        if not len(validation_ds) or (max_length is not None and len(
+                rows_without_response(validation_ds, tokenizer, max_length)) == len(validation_ds)):
+            # trl drops rows without a response token: a validation loss over none of them would silently not exist
+            raise ValueError(f"validation_rows: at max_length={max_length} no validation row keeps a response token "
+                             "(or there are none), so there is no validation loss; raise max_length or pass rows "
+                             "with shorter prompts")
+        validation = {"validation_ds": validation_ds, "keep_best": keep_best,
                       "per_device_eval_batch_size": 1}
     elif keep_best:
         raise ValueError("keep_best=True keeps the epoch with the lowest validation loss: pass validation_rows "

@@ -211,6 +211,11 @@ def seqeval_metrics(id2label):
             pred_tags.append([id2label[int(p)] for p in p_row[keep]])
         if not any(true_tags):
             raise ValueError("the evaluation set has no labelled word (every label is -100): nothing to score")
+        if not any(tag.startswith("B-") for row in true_tags for tag in row):
+            # strict IOB2 opens an entity only at B-: without one, precision, recall and F1 are over zero entities
+            raise ValueError("the evaluation labels hold no entity (no B- tag): entity F1 over zero entities is not "
+                             "a number. Score a set that has entities; if its tags are IOB1 (an entity may start "
+                             "with I-), convert them first with ner.iob1_to_iob2")
         scores = metrics.load("seqeval").compute(predictions=pred_tags, references=true_tags, mode="strict")
         flat = {k: v for k, v in scores.items() if k.startswith("overall_")}
         flat.update({f"{kind}_f1": v["f1"] for kind, v in scores.items() if isinstance(v, dict)})

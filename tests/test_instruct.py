@@ -388,6 +388,14 @@ def test_sft_refuses_a_max_length_that_cuts_every_response_and_names_one_that_fi
     assert trl_rows_kept(cfg, model, tok, rows, fits) == 5 and trl_rows_kept(cfg, model, tok, rows, fits - 1) < 5
 
 
+def test_sft_refuses_validation_rows_that_keep_no_response_token(cfg, causal):
+    """Before: trl dropped every validation row and the run trained with no validation loss, silently."""
+    model, tok = causal
+    with pytest.raises(ValueError, match="validation_rows: at max_length=30 no validation row keeps a response"):
+        instruct.sft(model, tok, dolly_rows(tok, longer_than=0, n=2, short=2).select([2, 3]), cfg, name="v", lora_rank=4,
+                     max_length=30, validation_rows=dolly_rows(tok, longer_than=40, n=2), max_steps=1, eval_every=1)
+
+
 @pytest.mark.parametrize("alpha", [0, -1, "16"])
 def test_sft_refuses_a_lora_alpha_that_is_not_a_positive_number(cfg, causal, alpha):
     """Before: 0 silently became 2 * rank (`alpha or 2 * rank`) and -1 trained with a negative scale."""

@@ -161,6 +161,10 @@ def test_iob2_data_are_scored_as_iob2():
     assert ner.spans(["I-PHONE", "I-PHONE"]) == [("PHONE", 0, 2)]        # shown as the model said it
     with pytest.raises(ValueError, match="no labelled word"):
         scores([["x", "x"]], [["O", "O"]])
+    with pytest.raises(ValueError, match="no entity"):               # was F1 0.0 over zero gold entities
+        scores([["O", "O"]], [["O", "O"]])
+    with pytest.raises(ValueError, match="iob1_to_iob2"):            # IOB1 gold: strict IOB2 finds no entity in it
+        scores([["I-PHONE", "I-PHONE"]], [["I-PHONE", "I-PHONE"]])
     with pytest.raises(ValueError, match="sentence 0: 2 gold tags but 1 predicted tags"):
         ner.error_kinds([["B-PHONE", "I-PHONE"]], [["O"]])
 
