@@ -192,7 +192,7 @@ def test_peft_scales_the_update_as_the_rule_says_and_update_norm_measures_it(rsl
         torch.linalg.matrix_norm(update).item(), rel=1e-5)
     with pytest.raises(ValueError, match="no LoRA layer named 'model.layers.0.mlp.up_proj'"):
         lora.update_norm(model, "model.layers.0.mlp.up_proj")
-    with pytest.raises(ValueError, match="alpha must be positive"):
+    with pytest.raises(ValueError, match="alpha must be a positive number"):
         lora.peft_lora(tiny("llama lm"), ["q_proj"], r=4, alpha=0)
 
 
