@@ -6,6 +6,7 @@ that message. test_every_exercise_has_a_right_and_a_wrong_answer fails until eac
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 import re
@@ -142,7 +143,7 @@ def freeze_bottom_with_ftkit(model, n):
 
 def freeze_bottom_bert_only(model, n):
     if not 0 <= n <= model.config.num_hidden_layers:
-        raise ValueError("out of range")
+        raise ValueError(f"n must be in 0..{model.config.num_hidden_layers}")
     for name, p in model.named_parameters():
         if n and (name.startswith("bert.embeddings") or any(name.startswith(f"bert.encoder.layer.{i}.")
                                                            for i in range(n))):
@@ -210,7 +211,7 @@ CASES += [
     right("tuning", "q3", (OVERFIT, 2.0)),
     right("tuning", "q3", [overfit_run([0.55, 0.48, 0.52], best_step=14), 2]),
     wrong("tuning", "q3", (OVERFIT, 4.0), "is the last one; the validation loss was lowest at epoch 2"),
-    wrong("tuning", "q3", (OVERFIT, 1.0), "read 'loss' in my_run.eval_history"),
+    wrong("tuning", "q3", (OVERFIT, 1.0), "(counted from 0), one less than its epoch"),
     wrong("tuning", "q3", (overfit_run([0.55, 0.48]), 2.0), "train at least 3 epochs"),
     wrong("tuning", "q3", (overfit_run([]), 2.0), "was not validated during training"),
     wrong("tuning", "q3", (overfit_run([0.55, 0.48, 0.52], best_step=21), 2.0), "says it kept step 21"),
@@ -384,7 +385,7 @@ def word_ids_right(offsets, special):
 
 
 def word_ids_from_one(offsets, special):
-    """Numbered from 1, as transformers' collator does internally: the same words."""
+    """Numbered from 1, as transformers' collator does internally: the same words, but the task numbers them from 0."""
     return [w + 1 if w >= 0 else -1 for w in word_ids_right(offsets, special)]
 
 
@@ -534,7 +535,7 @@ def split_word_top1_share_wrong(examples, predictions):
 
 CASES += [
     right("mlm", "q1", word_ids_right),
-    right("mlm", "q1", word_ids_from_one),
+    wrong("mlm", "q1", word_ids_from_one, "got id 1; words are numbered from 0"),
     wrong("mlm", "q1", word_ids_no_reset_after_special, "-1 is for special tokens only"),
     wrong("mlm", "q1", word_ids_every_piece_a_word, "the two touch, so they are one word"),
     wrong("mlm", "q1", word_ids_special_zero, "give it -1"),
@@ -628,7 +629,7 @@ CASES += [
     wrong("ner", "q2", align_ignores_the_mode, "with mode='all' every piece of a word is labelled"),
     wrong("ner", "q2", align_returns_tags, "return label ids"),
     wrong("ner", "q2", align_skips_special_tokens, "give every piece a label"),
-    wrong("ner", "q2", align_unknown_tag_as_o, "raise an error"),
+    wrong("ner", "q2", align_unknown_tag_as_o, "returned [-100, 0, -100]; 'B-GPE' is not in label2id, so raise a ValueError"),
     right("ner", "q3", [NER_MAIN, NER_QUARTER]),
     wrong("ner", "q3", [NER_MAIN, (NER_QUARTER, object())], "ner.train_tagger returns (result, model)"),
     wrong("ner", "q3", [NER_MAIN, NER_MAIN], "your run is the main run itself"),
@@ -1000,7 +1001,7 @@ CASES += [
     right("choose", "q1", max_k_right),
     wrong("choose", "q1", max_k_rounded, "rounded to the nearest"),
     wrong("choose", "q1", max_k_no_reserve, "keep `reserve` tokens free"),
-    wrong("choose", "q1", max_k_negative, "return 0"),
+    wrong("choose", "q1", max_k_negative, "k can't be negative"),
     wrong("choose", "q1", max_k_float, "return a whole number"),
     right("choose", "q2", fit_k_shot_right),
     right("choose", "q2", fit_k_shot_largest_anywhere),
@@ -1015,6 +1016,166 @@ CASES += [
     wrong("choose", "q3", my_run(edit_accuracy=0.1), "do not edit the row"),
     wrong("choose", "q3", {"accuracy": 0.8}, "pass the row `choose.kshot_eval(...)` returned"),
 ]
+
+
+# --- answers from a learner's test of the checks (each once passed or got a misleading message) --------------------
+def word_ids_doubled(offsets, special):
+    return [2 * w if w >= 0 else -1 for w in word_ids_right(offsets, special)]
+
+
+def prompt_share_float32(examples):
+    return (torch.cat([torch.as_tensor(e["labels"]) for e in examples]) == -100).float().mean().item()
+
+
+def prompt_share_rounded(examples):
+    return round(prompt_share_right(examples), 2)
+
+
+def label_row_eos_ignored(prompt, response, tokenizer, length):
+    row = label_row_right(prompt, response, tokenizer, length)
+    n = sum(row["attention_mask"])
+    row["labels"][n - 1] = -100
+    return row
+
+
+def label_row_response_off(prompt, response, tokenizer, length):
+    row = label_row_right(prompt, response, tokenizer, length)
+    first = next(i for i, l in enumerate(row["labels"]) if l != -100)
+    row["labels"][first + 2] += 1
+    return row
+
+
+def max_k_truncated_toward_zero(base_tokens, tokens_per_example, context, reserve):
+    """int() of a negative quotient rounds toward 0: -10.8 gives -10, and no clamp."""
+    return int((context - reserve - base_tokens) / tokens_per_example)
+
+
+def fit_k_shot_strictly_below(query, pool, tokenizer, budget, seed=0):
+    from ftkit import choose
+
+    fits = [k for k in range(len(pool) + 1)
+            if _count(tokenizer, choose.few_shot_prompt(query, choose.draw_shots(pool, k, seed), tokenizer)) < budget]
+    if not fits:
+        raise ValueError(f"not even the bare prompt fits a budget of {budget} tokens")
+    return choose.few_shot_prompt(query, choose.draw_shots(pool, max(fits), seed), tokenizer)
+
+
+def fit_k_shot_with_special_tokens(query, pool, tokenizer, budget, seed=0):
+    from ftkit import choose
+
+    def count(text):
+        return len(tokenizer(text)["input_ids"])        # add_special_tokens left at its default, True
+
+    fits = [k for k in range(len(pool) + 1)
+            if count(choose.few_shot_prompt(query, choose.draw_shots(pool, k, seed), tokenizer)) <= budget]
+    if not fits:
+        raise ValueError(f"not even the bare prompt fits a budget of {budget} tokens")
+    return choose.few_shot_prompt(query, choose.draw_shots(pool, max(fits), seed), tokenizer)
+
+
+def fit_k_shot_with_tokenize(query, pool, tokenizer, budget, seed=0):
+    """Counts with tokenizer.tokenize, which adds no special token: also right."""
+    from ftkit import choose
+
+    best = None
+    for k in range(len(pool) + 1):
+        prompt = choose.few_shot_prompt(query, choose.draw_shots(pool, k, seed), tokenizer)
+        if len(tokenizer.tokenize(prompt)) <= budget:
+            best = prompt
+    if best is None:
+        raise ValueError(f"the bare prompt is over the budget of {budget} tokens")
+    return best
+
+
+def freeze_bottom_vague_error(model, n):
+    try:
+        freeze_bottom_right(model, n)
+    except ValueError:
+        raise ValueError("bad n") from None
+
+
+def freeze_bottom_range_in_words(model, n):
+    depth = model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") else model.config.n_layers
+    if not 0 <= n <= depth:
+        raise ValueError(f"n = {n}: this model has {depth} blocks, so n must be between 0 and {depth}")
+    freeze_bottom_right(model, n)
+
+
+def align_key_error(word_ids, word_tags, label2id, mode="first"):
+    try:
+        return align_right(word_ids, word_tags, label2id, mode)
+    except ValueError as err:
+        raise KeyError(str(err)) from None
+
+
+def align_vague_value_error(word_ids, word_tags, label2id, mode="first"):
+    try:
+        return align_right(word_ids, word_tags, label2id, mode)
+    except ValueError:
+        raise ValueError("unknown tag") from None
+
+
+class LoRAUpdateOnly(LoRARight):
+    def forward(self, x):
+        return self.scaling * (x @ self.A.T @ self.B.T)
+
+
+class LoRAForgetsBias(LoRARight):
+    def forward(self, x):
+        return x @ self.base.weight.T + self.scaling * (x @ self.A.T @ self.B.T)
+
+
+def overfit_run_training_low_at(epoch, losses=(0.55, 0.48, 0.52, 0.61, 0.70), steps_per_epoch=7):
+    """A 5-epoch run whose logged training loss is lowest in `epoch` (not the last one)."""
+    run = overfit_run(list(losses), steps_per_epoch=steps_per_epoch)
+    history = [(s, 0.1 if (s - 1) // steps_per_epoch + 1 == epoch else 0.6) for s in range(1, 5 * steps_per_epoch + 1)]
+    return dataclasses.replace(run, loss_history=history)
+
+
+CASES += [
+    wrong("mlm", "q1", word_ids_doubled, "number the words 0, 1, 2, ... in order"),
+    right("instruct", "q1", prompt_share_float32),
+    wrong("instruct", "q1", prompt_share_rounded, "returned 0.33; 4 of the 12 tokens are labelled -100: 1/3 = 0.3333333"),
+    wrong("instruct", "q2", label_row_eos_ignored, "the end token (position"),
+    wrong("instruct", "q2", label_row_response_off, "(response token 2) the label should be 24, got 25"),
+    wrong("instruct", "q3", {**decoding_experiment(), "answers": None}, "'answers' is NoneType; give a list of strings"),
+    wrong("instruct", "q3", {**decoding_experiment(), "answers": (a for a in ["Blue.", "Hello."])},
+          "'answers' is generator; give a list of strings"),
+    wrong("choose", "q1", max_k_truncated_toward_zero, "returned -10, a negative number of examples: k can't be negative"),
+    wrong("choose", "q2", fit_k_shot_strictly_below, "which fits: the count must be at most the budget (`<=`, not `<`)"),
+    wrong("choose", "q2", fit_k_shot_with_special_tokens, "You counted the tokenizer's special tokens too"),
+    right("choose", "q2", fit_k_shot_with_tokenize),
+    wrong("tuning", "q2", freeze_bottom_vague_error, "raised ValueError('bad n'), which does not name the valid range"),
+    right("tuning", "q2", freeze_bottom_range_in_words),
+    wrong("ner", "q2", align_key_error, "raised KeyError"),
+    wrong("ner", "q2", align_vague_value_error, "name the tag in the message ('B-GPE')"),
+    wrong("tuning", "q3", (OVERFIT, 4.0), "is the last one"),
+    wrong("tuning", "q3", (overfit_run_training_low_at(4), 4.0), "where the training loss was lowest"),
+    wrong("tuning", "q3", (overfit_run_training_low_at(4), 3.0), "take the 'epoch' of the entry of my_run.eval_history"),
+    wrong("lora", "q2", LoRAUpdateOnly, "the output must be the frozen layer's output plus the update"),
+    wrong("lora", "q2", LoRAForgetsBias, "without the bias: the output must be the frozen layer's output plus"),
+    wrong("lora", "q2", LoRARight(nn.Linear(4, 3), 2, 4.0), "pass the class, not an instance"),
+    wrong("fewshot", "q3", {10: setfit_run(10)}, "my_runs has 1 entry;"),
+    wrong("fewshot", "q3", {}, "my_runs has 0 entries;"),
+    wrong("fewshot", "q3", {1: setfit_run(1), 3: setfit_run(1)}, "it was not trained with 3 iterations"),
+]
+
+
+def test_the_setfit_experiment_counts_iterations_and_runs_in_good_english():
+    result = _exercise("fewshot", "q3").evaluate({1: setfit_run(1), 10: [setfit_run(10), setfit_run(10)]})
+    assert result.status == PASSED, result
+    assert "1 iteration:" in result.message and "over 1 run;" in result.message and "over 2 runs" in result.message
+
+
+@pytest.mark.parametrize("name", ["00_start_here.ipynb", "03_mlm_domain_adaptation.ipynb"])
+def test_a_student_copy_points_to_the_solution_instead_of_a_folded_cell_it_lacks(name, tmp_path):
+    course = nbformat.read(ROOT / "course" / name, as_version=4)
+    note = "If the cell below is folded"
+    assert any(note in c.source for c in course.cells if c.cell_type == "markdown")      # the course keeps its note
+    copy = nbformat.reads(notebooks.student_copy_text(ROOT / "course" / name, ROOT / "course" / "student"), 4)
+    markdown = "\n".join(c.source for c in copy.cells if c.cell_type == "markdown")
+    assert note not in markdown
+    assert f"The reference solution is in the course notebook with solutions,\n[{name}](../{name})" in markdown
 
 
 def _exercise(module, name):

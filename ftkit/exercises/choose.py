@@ -19,7 +19,8 @@ def q1(max_k):
     cases = [((54, 59.2, 8192, 8), 137, "session 07's prompt in SmolLM2's context"),
              ((54, 59.2, 2048, 8), 33, "a 2,048-token context"),
              ((100, 50, 1000, 30), 17, "100 + 17 x 50 + 30 = 980 tokens; one more example is 1,030"),
-             ((1000, 10, 1000, 8), 0, "a bare prompt that already fills the context")]
+             ((1000, 10, 1000, 8), 0, "a bare prompt that already fills the context"),
+             ((1100, 10, 1000, 8), 0, "a bare prompt 108 tokens over the context, more than an example's 10")]
     for args, want, why in cases:
         shown = f"max_k{args}"
         got = call(max_k, *args, shown=shown)
@@ -27,7 +28,8 @@ def q1(max_k):
                f"{shown} returned {type(got).__name__} {got!r}; return a whole number of examples (`int(...)` or "
                "`//` rounds down)")
         base, per, context, reserve = args
-        expect(got >= 0, f"{shown} returned {got}; when not even the bare prompt fits, no example fits: return 0")
+        expect(got >= 0, f"{shown} returned {got}, a negative number of examples: k can't be negative. When not "
+                         "even the bare prompt fits, no example fits: return 0 (`max(0, ...)`)")
         if got == round((context - reserve - base) / per) and got != want:
             expect(False, f"{shown} returned {got}, rounded to the nearest; round down: {want} examples fit, one "
                           "more would not")
@@ -43,7 +45,7 @@ def q1(max_k):
 class WordTokenizer:
     """A tokenizer fixture with one token per whitespace-separated word (or per character with `chars=True`),
     called as a Hugging Face tokenizer is: `tok(text, add_special_tokens=False)["input_ids"]`, `tok.encode(text)`,
-    `tok.tokenize(text)`."""
+    `tok.tokenize(text)`. Like BERT's, it adds two special tokens (start, end) unless `add_special_tokens=False`."""
 
     def __init__(self, chars: bool = False):
         self.chars = chars
@@ -55,11 +57,12 @@ class WordTokenizer:
 
     def __call__(self, text, add_special_tokens=True, **kwargs):
         if isinstance(text, (list, tuple)):
-            return {"input_ids": [self(t)["input_ids"] for t in text]}
-        return {"input_ids": list(range(len(self.tokenize(text))))}
+            return {"input_ids": [self(t, add_special_tokens)["input_ids"] for t in text]}
+        ids = list(range(1, len(self.tokenize(text)) + 1))
+        return {"input_ids": [0] + ids + [0] if add_special_tokens else ids}     # 0: start and end, as BERT's
 
     def encode(self, text, add_special_tokens=True, **kwargs):
-        return self(text)["input_ids"]
+        return self(text, add_special_tokens)["input_ids"]
 
 
 POOL = [{"text": t, "label": y} for t, y in [
@@ -70,8 +73,10 @@ POOL = [{"text": t, "label": y} for t, y in [
 QUERY = "an uneven but likable comedy"
 
 
-# (count characters?, budget, seed): 3 and 4 examples fit by words, 2 by characters, and the whole pool
-CASES_Q2 = ((False, 100, 0), (False, 130, 3), (True, 500, 1), (False, 10_000, 0))
+# (count characters?, budget, seed): 3 and 4 examples fit by words, 2 by characters, and the whole pool. A budget
+# (k, spare) is the token count of the k-example prompt plus `spare`: with 1 spare, counting the tokenizer's two special
+# tokens loses the k-th example; with none, the k-example prompt fits exactly (`<` instead of `<=` loses it)
+CASES_Q2 = ((False, 100, 0), (False, 130, 3), (True, 500, 1), (False, 10_000, 0), (False, (3, 1), 2), (False, (3, 0), 2))
 
 
 def _n(tokenizer, text):
@@ -82,10 +87,24 @@ def _examples_in(prompt: str) -> int:
     return prompt.count("### Response:") - 1
 
 
+def _largest_k(shown: str, k: int, n: int, more: int, more_with_specials: int, budget: int) -> None:
+    """Fail when k + 1 examples (`more` tokens, `more_with_specials` with the tokenizer's special tokens) fit too."""
+    if more > budget:
+        return
+    expect(more < budget, f"{shown} stopped at {k} examples ({n} tokens), but {k + 1} take exactly {budget} tokens, "
+                          f"which fits: the count must be at most the budget (`<=`, not `<`)")
+    expect(more_with_specials <= budget,
+           f"{shown} stopped at {k} examples, but {k + 1} fit: {more} tokens, counted as the task says, "
+           f"`len(tokenizer(text, add_special_tokens=False)['input_ids'])`. You counted the tokenizer's special "
+           f"tokens too ({more_with_specials}); the prompt is a part of the model's input, so count without them")
+    expect(False, f"{shown} stopped at {k} examples ({n} tokens), but {k + 1} fit too ({more} of {budget} tokens): "
+                  "take the largest k that fits")
+
+
 @check.exercise(title="A k-shot prompt that fits a token budget", tier="core",
                 hint="Start from the bare prompt `choose.few_shot_prompt(query, [], tokenizer)`; then for k = 1, 2, "
                      "... build `choose.few_shot_prompt(query, choose.draw_shots(pool, k, seed), tokenizer)` and count "
-                     "its tokens with the tokenizer you were given; keep the last one that fits. If the bare prompt "
+                     "its tokens with the tokenizer you were given (`add_special_tokens=False`); keep the last one that fits. If the bare prompt "
                      "is already over the budget, raise a ValueError that says so.")
 def q2(fit_k_shot):
     """fit_k_shot(query, pool, tokenizer, budget, seed) -> str: the prompt with the most examples (drawn with
@@ -94,6 +113,9 @@ def q2(fit_k_shot):
 
     for chars, budget, seed in CASES_Q2:
         tok = WordTokenizer(chars)
+        if isinstance(budget, tuple):
+            k, spare = budget
+            budget = _n(tok, choose.few_shot_prompt(QUERY, choose.draw_shots(POOL, k, seed), tok)) + spare
         unit = "characters" if chars else "words"
         shown = f"fit_k_shot(query, pool, tokenizer counting {unit}, budget={budget}, seed={seed})"
         prompt = call(fit_k_shot, QUERY, POOL, tok, budget, seed, shown=shown)
@@ -112,23 +134,22 @@ def q2(fit_k_shot):
                "format; build the prompt with `choose.few_shot_prompt(query, shots, tokenizer)`")
         if k < len(POOL):
             more = choose.few_shot_prompt(QUERY, choose.draw_shots(POOL, k + 1, seed), tok)
-            expect(_n(tok, more) > budget, f"{shown} stopped at {k} examples ({n} tokens), but {k + 1} fit too "
-                                           f"({_n(tok, more)} of {budget} tokens): take the largest k that fits")
+            _largest_k(shown, k, n, _n(tok, more), len(tok(more)["input_ids"]), budget)
         again = call(fit_k_shot, QUERY, POOL, WordTokenizer(chars), budget, seed, shown=shown)
         expect(again == prompt, f"{shown} returned another prompt when called again: draw with the seed")
     tok = WordTokenizer()
     small = _n(tok, choose.few_shot_prompt(QUERY, [], tok)) - 1
     shown = f"fit_k_shot(query, pool, tokenizer, budget={small}, seed=0)"
     try:
-        fit_k_shot(QUERY, POOL, tok, small, 0)
+        returned = fit_k_shot(QUERY, POOL, tok, small, 0)
     except ValueError as err:
         expect(str(small) in str(err), f"{shown} raised ValueError({str(err)!r}); say the budget ({small}) in the "
                                        "message, so the reader knows what to raise")
     except Exception as err:        # noqa: BLE001 (the learner's error, reported)
         expect(False, f"{shown} raised {type(err).__name__}: {err}; raise a ValueError naming the budget instead")
     else:
-        expect(False, f"{shown} returned a prompt, but even the bare prompt is over {small} tokens: raise a "
-                      "ValueError that names the budget")
+        expect(False, f"{shown} returned {'a prompt' if isinstance(returned, str) else repr(returned)[:40]}, but even "
+                      f"the bare prompt is over {small} tokens: raise a ValueError that names the budget")
     return "the most examples that fit, counted with the tokenizer given, the query last; too small a budget refused"
 
 

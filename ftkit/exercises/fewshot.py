@@ -136,6 +136,11 @@ def q2(make_pairs):
 
 
 # --------------------------------------------------------------------------- q3: an experiment on iterations
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    """`1 iteration`, `2 iterations`, `0 entries`."""
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
 def _runs(value, key):
     from ..train import RunResult
 
@@ -154,7 +159,8 @@ def _runs(value, key):
 def q3(my_runs):
     """my_runs = {iterations: RunResult or [RunResult, ...]} from fewshot.train_setfit on the same K examples."""
     expect(isinstance(my_runs, dict), f"my_runs is {type(my_runs).__name__}; give a dict {{iterations: RunResult}}")
-    expect(len(my_runs) >= 2, f"my_runs has {len(my_runs)} entry; compare at least two numbers of iterations")
+    expect(len(my_runs) >= 2, f"my_runs has {_plural(len(my_runs), 'entry', 'entries')}; compare at least two numbers "
+                              "of iterations")
     sentences, lines = set(), []
     for iterations, value in sorted(my_runs.items(), key=lambda kv: str(kv[0])):
         expect(isinstance(iterations, Integral) and not isinstance(iterations, bool) and iterations >= 1,
@@ -166,13 +172,14 @@ def q3(my_runs):
                                                 "RunResult of fewshot.train_setfit")
             expect(pairs % (2 * iterations) == 0,
                    f"my_runs[{iterations}]: {run.name!r} trained on {pairs} pairs, which is not 2 · {iterations} · "
-                   f"sentences: it was not trained with {iterations} iterations")
+                   f"sentences: it was not trained with {_plural(iterations, 'iteration')}")
             sentences.add(pairs // (2 * iterations))
             accuracy = run.metrics.get("accuracy")
             expect(isinstance(accuracy, Real) and math.isfinite(accuracy) and 0 <= accuracy <= 1,
                    f"my_runs[{iterations}]: {run.name!r} has accuracy {accuracy!r}; expected a number in 0..1")
             accuracies.append(accuracy)
-        lines.append(f"{iterations} iterations: {sum(accuracies) / len(accuracies):.3f} over {len(accuracies)} run(s)")
+        lines.append(f"{_plural(iterations, 'iteration')}: {sum(accuracies) / len(accuracies):.3f} over "
+                     f"{_plural(len(accuracies), 'run')}")
     expect(len(sentences) == 1, f"the runs' pair counts fit their keys only with different numbers of sentences "
                                 f"({', '.join(map(str, sorted(sentences)))}): train each run with the iterations of its "
                                 "key, on the same K examples")

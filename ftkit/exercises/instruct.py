@@ -2,6 +2,7 @@
 row of one instruction example, and an experiment of the learner's own (decoding settings vs error counts)."""
 from __future__ import annotations
 
+import math
 from numbers import Integral, Real
 
 from .core import Session, call, expect
@@ -53,7 +54,9 @@ def q1(prompt_share):
     expect(abs(share - mean_of_shares) > 1e-6,
            f"{shown} returned {share:.3f}, the mean of each example's share (0.600 and 0.143): a long example has "
            "more tokens, so count the tokens of all examples together (4 of 12)")
-    expect(abs(share - 1 / 3) < 1e-9, f"{shown} returned {share:.3f}; 4 of the 12 tokens are labelled -100 (0.333)")
+    # float32 (a tensor's .mean().item()) is right to about 1e-7 relative; a real mistake is far larger
+    expect(math.isclose(share, 1 / 3, rel_tol=1e-6),
+           f"{shown} returned {share:.7g}; 4 of the 12 tokens are labelled -100: 1/3 = {1 / 3:.7g}")
     none = call(prompt_share, _labels([4, 5, 6]), shown="prompt_share(one example without prompt tokens)")
     expect(float(none) == 0.0, f"prompt_share(one example whose labels are all token ids) returned {none!r}, not 0")
     return "4 of 12 tokens are prompt: 0.333, counted over the tokens of all examples"
@@ -84,6 +87,22 @@ def _row(label_row, tokenizer, prompt, response, length, shown):
     return out
 
 
+def _response_labels(labels, p, r, tokenizer, shown) -> None:
+    """The labels of the response and its end token are their ids: fail at the first position that differs."""
+    got = labels[len(p):len(p) + len(r)]
+    if got == r:
+        return
+    i = next(i for i, (g, w) in enumerate(zip(got, r)) if g != w)
+    position, end = len(p) + i, i == len(r) - 1
+    expect(not (end and got[i] == -100),
+           f"{shown}: the end token (position {position}) is labelled -100; label it with its id "
+           f"(tokenizer.eos_token_id = {tokenizer.eos_token_id}): training on it is how the model learns to stop")
+    what = "the end token" if end else f"response token {i}"
+    expect(False, f"{shown}: the labels of the response and its end token should be their token ids; at position "
+                  f"{position} ({what}) the label should be {r[i]}, got {got[i]} (labels from the response's start: "
+                  f"{got[:i + 1]}, expected {r[:i + 1]})")
+
+
 @check.exercise(title="The -100 label row of one example", tier="core",
                 hint="Tokenize the prompt and the response without special tokens, add `tokenizer.eos_token_id` after "
                      "the response, and put the two lists one after the other. Labels: -100 for each prompt token, "
@@ -109,8 +128,7 @@ def q2(label_row):
     expect(labels[len(p) - 1:n - 1] != r, f"{shown}: the labels are shifted by one (each position holds the next "
                                           "token); give each response position its own id: the model shifts itself")
     expect(all(l == -100 for l in labels[:len(p)]), f"{shown}: every prompt position must be labelled -100")
-    expect(labels[len(p):n] == r, f"{shown}: the labels of the response and its end token should be their token "
-                                  f"ids ({r[:4]} ...), got {labels[len(p):len(p) + 4]} ...")
+    _response_labels(labels, p, r, tokenizer, shown)
     pads = length - n
     expect(ids[n:] == [tokenizer.pad_token_id] * pads,
            f"{shown}: pad input_ids with tokenizer.pad_token_id ({tokenizer.pad_token_id}) after the end token, got "
@@ -164,6 +182,12 @@ def q3(experiment):
 
     unknown = [k for k in setting if not hasattr(GenerationConfig(), k)]
     expect(not unknown, f"{unknown} are not generation settings (see transformers.GenerationConfig)")
+    for key in ("answers", "default answers", "instructions", "references"):
+        value = experiment[key]
+        expect(isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
+               f"'{key}' is {type(value).__name__}; give a list of strings, one per instruction"
+               + (" (a generator or map is used up after one pass: wrap it in list(...))"
+                  if hasattr(value, "__next__") else ""))
     n = len(experiment["instructions"])
     for key in ("answers", "default answers", "references"):
         expect(len(experiment[key]) == n and n > 0, f"'{key}' has {len(experiment[key])} entries for {n} "

@@ -47,6 +47,29 @@ def _build(cls, d_in, d_out, r, alpha, seed=0):
     return base, layer
 
 
+def _starts_as_the_base_layer(layer, base, x, y) -> None:
+    """At the start (B = 0) the layer's output y = layer(x) is exactly base(x); say why it is not."""
+    import torch
+
+    with torch.no_grad():
+        want = base(x)
+        if torch.allclose(y, want, atol=1e-6):
+            return
+        b_is_zero = not bool(layer.B.detach().abs().sum() > 0)
+        expect(b_is_zero, "at the start the layer must return exactly what the base layer returns: start B at zero, "
+                          "so B @ A = 0")
+        without_bias = x @ base.weight.T
+        expect(not torch.allclose(y, without_bias, atol=1e-6),
+               "at the start (B = 0) the layer returned x Wᵀ without the bias: the output must be the frozen layer's "
+               "output plus the update; call `self.base(x)`, which adds b")
+        expect(not torch.allclose(y, torch.zeros_like(y), atol=1e-6),
+               "at the start (B = 0) the layer returned zeros, the update alone: the output must be the frozen "
+               "layer's output plus the update, `self.base(x) + scaling · x Aᵀ Bᵀ`")
+        expect(False, f"B is zero, yet the layer does not return what the base layer returns (max difference "
+                      f"{(y - want).abs().max().item():.3g}): the output must be the frozen layer's output plus the "
+                      "update, `self.base(x) + scaling · x Aᵀ Bᵀ`")
+
+
 @check.exercise(title="A LoRA layer from scratch", tier="core",
                 hint="In __init__: keep `base`, set `requires_grad_(False)` on it, make A an nn.Parameter of shape "
                      "(r, base.in_features) initialised at random (`nn.init.kaiming_uniform_(A, a=math.sqrt(5))`), "
@@ -56,7 +79,16 @@ def q2(lora_layer):
     """lora_layer(base: nn.Linear, r, alpha): an nn.Module with parameters A (r x in), B (out x r)."""
     import torch
 
+    import inspect
+
+    from torch import nn
+
     cls = lora_layer
+    expect(not isinstance(cls, nn.Module), f"got a layer, an instance of {type(cls).__name__}: pass the class, not an "
+                                           f"instance (`check.q2({type(cls).__name__})`); the check builds its own "
+                                           "layers from it")
+    expect(inspect.isclass(cls), f"got {type(cls).__name__}; pass the class itself (`check.q2(MyLoRA)`), an "
+                                 "nn.Module subclass the check builds its own layers from")
     base, layer = _build(cls, 16, 8, 4, 8.0)
     expect(tuple(layer.A.shape) == (4, 16) and tuple(layer.B.shape) == (8, 4),
            f"on nn.Linear(16, 8) at r = 4: A is {tuple(layer.A.shape)} and B {tuple(layer.B.shape)}; A must be "
@@ -75,8 +107,7 @@ def q2(lora_layer):
     expect(isinstance(y, torch.Tensor) and tuple(y.shape) == (3, 8),
            f"layer(x) for x of shape (3, 16) gave {tuple(y.shape) if isinstance(y, torch.Tensor) else y!r}; it "
            "must give the base layer's shape (3, 8)")
-    expect(torch.allclose(y, base(x), atol=1e-6),
-           "at the start the layer must return exactly what the base layer returns: start B at zero, so B @ A = 0")
+    _starts_as_the_base_layer(layer, base, x, y)
     y.sum().backward()
     expect(layer.B.grad is not None and bool(layer.B.grad.abs().sum() > 0),
            "after a backward pass B has no gradient: the update must flow through A and B in forward")

@@ -86,6 +86,20 @@ def _word_ids_fixture(word_ids, fixture, name: str) -> None:
     joined = [g for g, words in groups.items() if len(words) > 1]
     expect(not joined, f"{shown}: id {joined[0] if joined else ''} is given to pieces of different words; every word "
                        "needs its own id (count up as you go)")
+    _numbered_from_zero(got, want, pieces, shown)
+
+
+def _numbered_from_zero(got: list[int], want: list[int], pieces: list[str], shown: str) -> None:
+    """The exact ids: the words numbered 0, 1, 2, ... in order (the grouping is already right)."""
+    if got == want:
+        return
+    i = next(i for i, (g, w) in enumerate(zip(got, want)) if g != w)
+    first = want.index(0)
+    expect(got[first] == 0, f"{shown}: the first word ({pieces[first]!r}, piece {first}) got id {got[first]}; words "
+                            "are numbered from 0: the first word is 0, the next 1, and so on")
+    expect(False, f"{shown}: piece {i} {pieces[i]!r} starts word {want[i]} but got id {got[i]}; number the words 0, 1, "
+                  "2, ... in order, one more for each new word (ids so far: "
+                  f"{got[:i + 1]})")
 
 
 @check.exercise(title="Which word each piece belongs to", tier="warm-up",

@@ -164,12 +164,18 @@ def q2(align):
                 expect(False, f"{where}: expected {_describe([w], id2label)[0]}, got {_describe([g], id2label)[0]} "
                               f"(all labels: expected {_describe(want, id2label)}, got {_describe(got, id2label)})")
     # a tag the model has no label for: silently labelled, the loss would learn something else
+    shown = "align([None, 0, None], ['B-GPE'], label2id, 'first')"
     try:
         returned = align([None, 0, None], ["B-GPE"], dict(label2id), "first")
-    except Exception:  # any error is an answer here; the message is the learner's to choose
-        returned = None
-    expect(returned is None, f"align([None, 0, None], ['B-GPE'], label2id) returned {returned}; 'B-GPE' is not in "
-                             f"label2id, so raise an error (a ValueError naming the tag) instead of returning labels")
+    except ValueError as err:  # the task asks for a ValueError that names the tag; its wording is the learner's
+        expect("B-GPE" in str(err), f"{shown} raised ValueError({str(err)!r}); name the tag in the message "
+                                    "('B-GPE'), so that the reader knows which tag the model has no label for")
+    except Exception as err:  # noqa: BLE001 (the learner's error, reported)
+        expect(False, f"{shown} raised {type(err).__name__}: {err}; 'B-GPE' is not in label2id: check the tag "
+                      "yourself and raise a ValueError that names it")
+    else:
+        expect(False, f"{shown} returned {returned}; 'B-GPE' is not in label2id, so raise a ValueError naming the "
+                      "tag instead of returning labels")
     return "special tokens -100; first pieces labelled; continuation pieces -100 ('first') or I- ('all')"
 
 

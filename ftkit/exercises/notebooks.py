@@ -9,8 +9,9 @@ An exercise cell is a code cell holding one or more solution regions:
 A student copy replaces each region by the placeholder, with the region's indentation kept: inside a function
 the region must be the whole body (after the docstring) and becomes `...  # your code here`; elsewhere each name
 the region binds becomes `name = ...  # your code here` (a region that binds nothing becomes the bare
-placeholder). Outputs and execution counts are cleared, solution cells are unfolded, and relative links in
-markdown are rewritten for the copy's folder.
+placeholder). Outputs and execution counts are cleared, solution cells are unfolded, relative links in
+markdown are rewritten for the copy's folder, and a task's note on the folded solution cell below it ("*If the cell
+below is folded ...*") becomes a pointer to the course notebook, which holds the solution.
 
 Before writing, every notebook is checked statically so that a learner's Run All in a copy completes:
 a check call passes the name the region defines (or the function/class around it), no check is called outside an
@@ -37,6 +38,8 @@ EXPECTED_CALL = ".report_and_assert()"      # the last cell of a notebook: resul
 _TITLE = re.compile(r"#\s*@title\b")
 _CHECK_NAME = re.compile(r"q[1-9][0-9]*")
 _LINK = re.compile(r"(\]\()([^)\s]+)(\))")
+# The course notebook's note on its folded solution cell; a student copy has no solution under the task
+_FOLDED_NOTE = re.compile(r"\*If the cell below is folded\b[^*]*\*")
 
 
 def regions(source: str, where: str = "cell") -> list[tuple[int, int, str]]:
@@ -136,7 +139,8 @@ def student_notebook(nb, name: str, course_dir: Path, out_dir: Path):
     nb = copy.deepcopy(nb)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
-            cell.source = _relink(cell.source, course_dir, out_dir)
+            cell.source = _FOLDED_NOTE.sub(_solution_elsewhere(name, course_dir, out_dir),
+                                           _relink(cell.source, course_dir, out_dir))
         elif cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
             if is_exercise_cell(cell):
@@ -145,6 +149,13 @@ def student_notebook(nb, name: str, course_dir: Path, out_dir: Path):
     nb.metadata.pop("widgets", None)
     nbformat.validate(nb)
     return nb
+
+
+def _solution_elsewhere(name: str, course_dir: Path, out_dir: Path) -> str:
+    """What a student copy says instead of the course notebook's note on the folded solution cell below a task."""
+    link = os.path.relpath(Path(course_dir) / name, out_dir).replace(os.sep, "/")
+    return (f"*The cell below is yours to complete. The reference solution is in the course notebook with solutions,\n"
+            f"[{name}]({link}), in the folded cell under the same heading: try first.*")
 
 
 def student_copy_text(path: Path, out_dir: Path) -> str:

@@ -3,6 +3,7 @@ freezing the bottom blocks of any encoder by name, and an overfitting experiment
 from __future__ import annotations
 
 import math
+import re
 from numbers import Integral, Real
 
 from .core import Session, call, expect
@@ -105,6 +106,12 @@ def _one_case(freeze_bottom, architecture: str, layers: int, n: int) -> None:
                   f"must stay trainable")
 
 
+def _names_range(message: str, depth: int) -> bool:
+    """The message names the valid range 0..depth: both ends appear as whole numbers."""
+    numbers = set(re.findall(r"(?<!\d)(?<!\d\.)\d+(?!\d|\.\d)", message))      # whole numbers, not 1.5's parts
+    return {"0", str(depth)} <= numbers
+
+
 @check.exercise(title="Freeze the bottom blocks by name", tier="core",
                 hint="Loop over `model.named_parameters()`. A block's parameters have names such as "
                      "`bert.encoder.layer.3.attention...` (BERT) or `distilbert.transformer.layer.3.ffn...` "
@@ -121,7 +128,10 @@ def q2(freeze_bottom):
             shown = f"freeze_bottom({architecture} model with {layers} blocks, {bad})"
             try:
                 freeze_bottom(tiny_classifier(architecture, layers=layers), bad)
-            except ValueError:
+            except ValueError as err:
+                expect(_names_range(str(err), layers),
+                       f"{shown} raised ValueError({str(err)!r}), which does not name the valid range: say it, e.g. "
+                       f"\"n must be in 0..{layers}\", so that the caller knows what to pass")
                 continue
             except Exception as exc:  # the learner's code: any other error is the wrong kind of refusal
                 expect(False, f"{shown} raised {type(exc).__name__}; raise a ValueError that names the valid range "
@@ -132,6 +142,36 @@ def q2(freeze_bottom):
 
 
 # --------------------------------------------------------------------------- q3: an overfitting experiment
+def _wrong_epoch(run, best_epoch, best) -> None:
+    """Say why `best_epoch` is not the epoch of the lowest validation loss `best` (an entry of run.eval_history)."""
+    history = run.eval_history
+    index = history.index(best)
+    expect(not (math.isclose(best_epoch, index, abs_tol=0.01) or math.isclose(best_epoch, best["epoch"] - 1,
+                                                                              abs_tol=0.01)),
+           f"my_best_epoch is {best_epoch:g}: the position of the lowest validation loss in my_run.eval_history "
+           f"(counted from 0), one less than its epoch. Epochs are counted from 1: give that entry's 'epoch', "
+           f"{best['epoch']:g}")
+    expect(not math.isclose(best_epoch, history[-1]["epoch"], abs_tol=0.01),
+           f"epoch {best_epoch:g} is the last one; the validation loss was lowest at epoch {best['epoch']:g}. "
+           "The last weights are not the best ones when the model overfits")
+    training = _epoch_of_lowest_training_loss(run)
+    expect(training is None or not math.isclose(best_epoch, training, abs_tol=0.01),
+           f"my_best_epoch is {best_epoch:g}, where the training loss was lowest; the validation loss was lowest at "
+           f"epoch {best['epoch']:g} ({best['loss']:.3f}): read 'loss' in my_run.eval_history (the validation loss)")
+    expect(False, f"my_best_epoch is {best_epoch:g}, but the validation loss was lowest at epoch {best['epoch']:g} "
+                  f"({best['loss']:.3f}): take the 'epoch' of the entry of my_run.eval_history with the lowest 'loss'")
+
+
+def _epoch_of_lowest_training_loss(run):
+    """The epoch (a whole number) in which the logged training loss was lowest, or None without a training log."""
+    first = run.eval_history[0]
+    steps_per_epoch = run.steps_per_epoch or (first.get("step", 0) / first["epoch"] if first["epoch"] else 0)
+    if not run.loss_history or not steps_per_epoch:
+        return None
+    step, _ = min(run.loss_history, key=lambda s: s[1])
+    return math.ceil(step / steps_per_epoch - 1e-9)
+
+
 @check.exercise(title="Overfit on purpose, and find the best epoch", tier="stretch",
                 hint="Train on few sentences for several epochs with `validation=validation` (scored every epoch): "
                      "`few = {**encoded, 'train': data.take(encoded['train'], 200, stratify='label')}`, then "
@@ -162,12 +202,7 @@ def q3(my_experiment):
            f"my_best_epoch is {type(best_epoch).__name__} {best_epoch!r}; give the epoch as a number")
     best = min(history, key=lambda h: h["loss"])
     if not math.isclose(best_epoch, best["epoch"], abs_tol=0.01):
-        expect(not math.isclose(best_epoch, history[-1]["epoch"], abs_tol=0.01),
-               f"epoch {best_epoch:g} is the last one; the validation loss was lowest at epoch {best['epoch']:g}. "
-               "The last weights are not the best ones when the model overfits")
-        expect(False, f"my_best_epoch is {best_epoch:g}, but the validation loss was lowest at epoch "
-                      f"{best['epoch']:g} ({best['loss']:.3f}); read 'loss' in my_run.eval_history (the validation "
-                      "loss), not the training loss")
+        _wrong_epoch(run, best_epoch, best)
     if run.best_step is not None:
         expect(run.best_step == best["step"], f"run {run.name!r} says it kept step {run.best_step}, but its lowest "
                                               f"validation loss is at step {best['step']}")
