@@ -77,6 +77,34 @@ def require_rows(ds, what: str = "split") -> None:
         raise ValueError(f"{what} is empty: it needs at least one row")
 
 
+def is_splits(ds) -> bool:
+    """A DatasetDict (or a dict of Datasets): named splits rather than rows."""
+    from collections.abc import Mapping
+
+    from datasets import Dataset
+
+    return isinstance(ds, Mapping) and bool(ds) and all(isinstance(part, Dataset) for part in ds.values())
+
+
+def require_splits(ds, what: str = "ds", splits=("train",)) -> None:
+    """`ds` is a datasets.DatasetDict (or a dict of Datasets) holding each of `splits`. A single Dataset, a list of
+    rows or anything else is a ValueError saying what was given and how to make the splits."""
+    from datasets import Dataset
+
+    if isinstance(ds, Dataset):
+        raise ValueError(f"{what} is one datasets.Dataset ({ds.num_rows} rows), but a DatasetDict of named splits is "
+                         f"expected (needs {list(splits)}): wrap yours, e.g. DatasetDict({{'train': train_ds, 'test': "
+                         "test_ds}), or split one, e.g. ds.train_test_split(test_size=0.2, seed=0)")
+    if not is_splits(ds):
+        raise ValueError(f"{what} is a {type(ds).__name__}, but a DatasetDict of named splits is expected (needs "
+                         f"{list(splits)}): build one, e.g. DatasetDict({{'train': Dataset.from_list(train_rows), "
+                         "'test': Dataset.from_list(test_rows)})")
+    missing = [s for s in splits if s not in ds]
+    if missing:
+        raise ValueError(f"{what} has no {missing[0]!r} split (splits: {list(ds)}); name your splits "
+                         f"{list(splits)}, e.g. DatasetDict({{{missing[0]!r}: ...}})")
+
+
 def check_labels(labels, allowed, column: str = "label") -> None:
     """Every label must be in `allowed`; the error names the first offender and its row."""
     allowed_set = set(allowed)

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import torch
 
-from . import models
+from . import data, models
 
 COLUMNS = ("instruction", "response")
 TEMPLATE = "### Instruction:\n{instruction}\n{context_block}### Response:\n"  # Alpaca-style
@@ -36,9 +36,34 @@ def words(text: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- data checks
+def as_dataset(rows, what: str = "rows"):
+    """Instruction rows as one `datasets.Dataset`: a Dataset as it is, a list of dicts through `Dataset.from_list`.
+    A DatasetDict (pass one split), one row given alone, an empty list or anything else is a ValueError."""
+    from datasets import Dataset
+
+    if isinstance(rows, Dataset):
+        return rows
+    if data.is_splits(rows):
+        raise ValueError(f"{what} is a DatasetDict of splits {list(rows)}, but one set of rows is expected: pass one "
+                         f"split, e.g. ds[{next(iter(rows))!r}]")
+    if isinstance(rows, dict):
+        raise ValueError(f"{what} is one row (a dict with keys {list(rows)[:5]}); pass a list of rows: [row]")
+    if isinstance(rows, (list, tuple)):
+        if not rows:
+            raise ValueError(f"{what} is an empty list: give at least one instruction/response row")
+        bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise ValueError(f"{what}[{bad}] is a {type(rows[bad]).__name__}; every row must be a dict with "
+                             f"{list(COLUMNS)}")
+        return Dataset.from_list(list(rows))
+    raise ValueError(f"{what} is a {type(rows).__name__}; expected a datasets.Dataset or a list of dicts with "
+                     f"{list(COLUMNS)}")
+
+
 def check_instruction_data(ds) -> None:
-    """A clear ValueError for data that cannot be instruction-tuned on (names the column or row)."""
-    splits = ds.items() if hasattr(ds, "items") else [("data", ds)]
+    """A clear ValueError for data that cannot be instruction-tuned on (names the column or row). `ds` is a
+    DatasetDict (every split is checked), a Dataset or a list of dicts (`as_dataset`)."""
+    splits = ds.items() if data.is_splits(ds) else [("data", as_dataset(ds, "data"))]
     for split, part in splits:
         missing = [c for c in COLUMNS if c not in part.column_names]
         if missing:
@@ -83,10 +108,11 @@ def quality_flags(rows) -> list[dict]:
 
 
 def quality_report(ds):
-    """A DataFrame: one row per check with its count and one example, plus the category mix."""
+    """A DataFrame: one row per check with its count and one example, plus the category mix. `ds`: a Dataset or a list
+    of dicts (one split, not a DatasetDict)."""
     import pandas as pd
 
-    rows = list(ds)
+    rows = list(as_dataset(ds, "ds"))
     flags = quality_flags(rows)
     report = []
     for check in flags[0]:
@@ -99,7 +125,8 @@ def quality_report(ds):
 
 
 def clean(ds):
-    """Drop the rows that any quality check flags."""
+    """Drop the rows that any quality check flags. `ds`: a Dataset, or a list of dicts (returned as a Dataset)."""
+    ds = as_dataset(ds, "ds")
     flags = quality_flags(list(ds))
     return ds.select([i for i, f in enumerate(flags) if not any(f.values())])
 
@@ -158,7 +185,10 @@ def tokenize_instructions(ds, tokenizer, max_length: int, template: str = "alpac
     """`label_example` over a Dataset or DatasetDict; the text columns are dropped.
 
     A row whose prompt fills `max_length` keeps no response token: it has nothing to learn or score. A split where
-    that is every row is a ValueError; otherwise the number of such rows is printed once per split."""
+    that is every row is a ValueError; otherwise the number of such rows is printed once per split. A list of dicts is
+    read as a Dataset (`as_dataset`)."""
+    if not data.is_splits(ds):
+        ds = as_dataset(ds, "ds")
     check_instruction_data(ds)
     cols = next(iter(ds.values())).column_names if hasattr(ds, "values") else ds.column_names
     out = ds.map(lambda row: label_example(row, tokenizer, template, max_length), remove_columns=cols)
@@ -293,7 +323,9 @@ def example_loss(losses) -> float:
 
 # --------------------------------------------------------------------------- training with trl
 def sft_dataset(ds, template: str = "alpaca"):
-    """trl's prompt-completion format: conversational messages for "chat", plain strings for "alpaca"."""
+    """trl's prompt-completion format: conversational messages for "chat", plain strings for "alpaca". `ds` is one set
+    of rows: a Dataset, or a list of dicts (converted with `Dataset.from_list`); a DatasetDict is a ValueError."""
+    ds = as_dataset(ds, "rows")
     check_instruction_data(ds)
     if template not in TEMPLATES:
         raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
@@ -371,6 +403,8 @@ def sft(model, tokenizer, train_rows, cfg, *, name: str, template: str = "alpaca
     `lora_rank=None` trains every weight; a rank trains LoRA adapters (alpha 2 x rank unless given) on every Linear
     layer of the transformer blocks (`models.lora_targets(model, "all-linear")`: attention and MLP projections), or
     on `lora_targets`, instead; peft injects them into `model` in place. Returns a RunResult.
+    `train_rows` and `validation_rows` are each a Dataset or a list of dicts with "instruction" and "response" (and
+    optionally "context"); a list is converted with `Dataset.from_list`, a DatasetDict is refused (pass one split).
 
     `validation_rows` (instruction rows held out from training and from the test set) are scored after every epoch
     (`train.fit`'s validation: `RunResult.eval_history`, one "loss" per epoch, the mean over validation examples of
@@ -399,11 +433,11 @@ def sft(model, tokenizer, train_rows, cfg, *, name: str, template: str = "alpaca
         peft_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_rank,
                                  lora_dropout=0.0,
                                  task_type="CAUSAL_LM", target_modules=targets)
-    rows = sft_dataset(train_rows, template)
+    rows = sft_dataset(as_dataset(train_rows, "train_rows"), template)
     lost = check_responses_fit(rows, tokenizer, max_length)
     validation = {}
     if validation_rows is not None:
-        validation_ds = sft_dataset(validation_rows, template)
+        validation_ds = sft_dataset(as_dataset(validation_rows, "validation_rows"), template)
         if not len(validation_ds) or (max_length is not None and len(
                 rows_without_response(validation_ds, tokenizer, max_length)) == len(validation_ds)):
             # trl drops rows without a response token: a validation loss over none of them would silently not exist
@@ -648,7 +682,6 @@ def judge_reliability(pairs) -> dict:
 @lru_cache(maxsize=1)
 def vocabulary() -> frozenset:
     """Every word in the data pack's English text: a spelling list that needs no download."""
-    from . import data
 
     found = set()
     for split in ("train", "test"):
@@ -1065,7 +1098,6 @@ def session_data(tokenizer, profile, template: str = "alpaca"):
     and validation rows; the holdout instructions answered; section 5's `narrow_task`. A SimpleNamespace."""
     from types import SimpleNamespace
 
-    from . import data
 
     S = sizes(profile)
     dolly = data.load("dolly")

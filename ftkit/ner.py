@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import html
+import numbers
 from collections import Counter
 
 import numpy as np
@@ -18,9 +19,43 @@ from .data import split_tag, validate_iob2
 IGNORE = -100  # the label id that torch's cross-entropy skips
 
 
+# --------------------------------------------------------------------------- input checks
+def check_words(tokens, where: str = "tokens") -> None:
+    """A list of words (strings). One string is refused: iterating it would count letters as words."""
+    if isinstance(tokens, str):
+        raise ValueError(f"{where}: the words are one string ({tokens[:40]!r}), but a list of words is expected, one "
+                         "tag per word: split the text first, e.g. ner.split_words(text)")
+    if not hasattr(tokens, "__len__") or isinstance(tokens, dict):
+        raise ValueError(f"{where}: a list of words is expected, not a {type(tokens).__name__}")
+    bad = next((i for i, w in enumerate(tokens) if not isinstance(w, str)), None)
+    if bad is not None:
+        raise ValueError(f"{where}: word {bad} is {tokens[bad]!r}; every word must be a string")
+
+
+def check_tag_names(tags, where: str = "tags") -> None:
+    """A list of tag names ("O", "B-PER", ...). One string, or integer tag ids, are refused with the fix.
+
+    Integer ids are not taken as they are: a dataset's ClassLabel numbers its tags in its own order, which need
+    not be the model's label order, so the same id can mean another tag."""
+    if isinstance(tags, str):
+        raise ValueError(f"{where}: the tags are one string ({tags[:40]!r}), but a list of tags is expected, one "
+                         "per word, e.g. ['B-PER', 'I-PER', 'O']")
+    if not hasattr(tags, "__len__") or isinstance(tags, dict):
+        raise ValueError(f"{where}: a list of tags is expected, not a {type(tags).__name__}")
+    ids = [t for t in tags if isinstance(t, numbers.Integral) and not isinstance(t, bool)]
+    if ids:
+        shown = [int(t) if isinstance(t, numbers.Integral) else t for t in list(tags)[:6]]
+        raise ValueError(f"{where}: the tags are integer ids ({shown}), but ftkit reads tag names such as "
+                         "'B-PER'. Convert the ids to names with your dataset's ClassLabel, e.g. "
+                         "names = ds['train'].features['tags'].feature; "
+                         "ds = ds.map(lambda r: {'tags': names.int2str(r['tags'])}) "
+                         "(a dataset's id order need not be the model's label order)")
+
+
 # --------------------------------------------------------------------------- tagging schemes
 def validate_iob1(tags) -> None:
     """IOB1: entities start with I-; B-X appears only right after another X entity, to split the two."""
+    check_tag_names(tags)
     prev_type = None
     for i, tag in enumerate(tags):
         prefix, kind = split_tag(tag, i)
@@ -60,7 +95,8 @@ def spans(tags, strict: bool = False) -> list[tuple[str, int, int]]:
 
     A model's predictions can hold an I-X that continues no X entity. By default (to show what the model said)
     such a stray I- opens an entity; with `strict=True` it is no entity, as in seqeval's strict IOB2 mode, the
-    scoring `seqeval_metrics` uses."""
+    scoring `seqeval_metrics` uses. Tags must be a list of names (`check_tag_names`)."""
+    check_tag_names(tags)
     found, start, kind = [], None, None
     for i, tag in enumerate(list(tags) + ["O"]):
         continues = tag.startswith("I-") and kind == tag[2:]
@@ -85,10 +121,12 @@ def align_labels(word_ids, word_tags, label2id, mode: str = "first") -> list[int
     mode="first": only the first sub-token of a word keeps the word's label, the rest get -100.
     mode="all": every sub-token is labelled; a word's continuation pieces turn B-X into I-X, so
     that "Washington" -> wash ##ing ##ton reads B-LOC I-LOC I-LOC, still one entity.
-    A tag missing from `label2id` is a ValueError that names it and the label set.
+    A tag missing from `label2id` is a ValueError that names it and the label set; so are integer tag ids
+    (`check_tag_names`).
     """
     if mode not in ("first", "all"):
         raise ValueError(f"mode must be 'first' or 'all', not {mode!r}")
+    check_tag_names(word_tags, "word_tags")
     words = max((w for w in word_ids if w is not None), default=-1) + 1
     if words > len(word_tags):
         raise ValueError(f"the tokenizer found {words} words but there are {len(word_tags)} tags: give one tag per "
@@ -114,20 +152,34 @@ def _label_id(tag, label2id) -> int:
     return label2id[tag]
 
 
-def check_tags(ds, label2id) -> None:
-    """Every split's tags are in the model's label set, and each row has one tag per word.
+def check_rows(ds) -> None:
+    """`ds` is a DatasetDict whose every row has "tokens" (a list of words) and "tags" (one tag name per word).
 
-    A tag the model does not know (e.g. B-ORG only in the test split, when the labels came from the training split)
-    is a ValueError naming the tag, its split and row, and the label set: the model could never predict it."""
-    from .data import require_columns
+    One split given alone, a sentence given as one string, integer tag ids or a row with more words than tags are
+    ValueErrors naming the split and row and saying what to do (`data.require_splits`, `check_words`,
+    `check_tag_names`)."""
+    from .data import require_columns, require_splits
 
-    known = set(label2id)
+    require_splits(ds, "ds", splits=())
     for split, part in ds.items():
         require_columns(part, ["tokens", "tags"], f"split {split!r}")
         for row, (tokens, tags) in enumerate(zip(part["tokens"], part["tags"])):
+            check_words(tokens, f"split {split!r} row {row} 'tokens'")
+            check_tag_names(tags, f"split {split!r} row {row} 'tags'")
             if len(tokens) != len(tags):
                 raise ValueError(f"split {split!r} row {row}: {len(tokens)} words but {len(tags)} tags; "
                                  "every word needs exactly one tag")
+
+
+def check_tags(ds, label2id) -> None:
+    """Every split's rows are well formed (`check_rows`) and their tags are in the model's label set.
+
+    A tag the model does not know (e.g. B-ORG only in the test split, when the labels came from the training split)
+    is a ValueError naming the tag, its split and row, and the label set: the model could never predict it."""
+    check_rows(ds)
+    known = set(label2id)
+    for split, part in ds.items():
+        for row, tags in enumerate(part["tags"]):
             unknown = [t for t in tags if t not in known]
             if unknown:
                 raise ValueError(
@@ -140,12 +192,20 @@ def check_tags(ds, label2id) -> None:
 def tokenize_and_align(ds, tokenizer, label2id, mode: str = "first", max_length: int = 128):
     """Tokenize pre-split words and attach aligned `labels` to every split (a DatasetDict with a "train" split).
 
+    Each row's "tokens" is a list of words and its "tags" a list of tag NAMES, one per word. Integer tag ids (a
+    dataset's ClassLabel column) are refused, not guessed: the dataset's id order need not be `label2id`'s, so convert
+    them first with the ClassLabel's `int2str` (the error shows how). One Dataset instead of a DatasetDict, or words
+    given as one string, are ValueErrors too (`check_rows`).
+
     `mode` ("first" or "all", see `align_labels`) labels the "train" split: it decides what the model learns from.
     Every other split is labelled at each word's first piece, whatever the mode, so its loss and its scores count
     one prediction per word (the one `word_tags` and `predict_tags` read back) and the two modes are compared like
     for like. Tags are checked in every split first (`check_tags`)."""
     if mode not in ("first", "all"):
         raise ValueError(f"mode must be 'first' or 'all', not {mode!r}")
+    from .data import require_splits
+
+    require_splits(ds, "ds", splits=("train",))
     check_tags(ds, label2id)
 
     def encode(batch, split_mode):
@@ -162,12 +222,16 @@ def tokenize_and_align(ds, tokenizer, label2id, mode: str = "first", max_length:
 
 
 def word_tags(token_label_ids, word_ids, id2label, n_words: int) -> list[str]:
-    """Back to one tag per word: the first sub-token's label. Words cut off by truncation get "O"."""
+    """Back to one tag per word: the first sub-token's label. Words cut off by truncation get "O".
+    A label id missing from `id2label` is a ValueError (`_label_names`)."""
+    names = _label_names(id2label)
+    _check_ids_known([label_id for label_id, word in zip(token_label_ids, word_ids) if word is not None], names,
+                     "predicted")
     tags = ["O"] * n_words
     previous = None
     for label_id, word in zip(token_label_ids, word_ids):
         if word is not None and word != previous:
-            tags[word] = id2label[int(label_id)]
+            tags[word] = names[int(label_id)]
         previous = word
     return tags
 
@@ -175,6 +239,11 @@ def word_tags(token_label_ids, word_ids, id2label, n_words: int) -> list[str]:
 def alignment_table(tokens, tags, tokenizer, label_names, mode: str = "first"):
     """word / token / word_id / label for one sentence, to look at the alignment."""
     import pandas as pd
+
+    check_words(tokens)
+    check_tag_names(tags)
+    if len(tokens) != len(tags):
+        raise ValueError(f"{len(tokens)} words but {len(tags)} tags; every word needs exactly one tag")
 
     label2id = {l: i for i, l in enumerate(label_names)}
     enc = tokenizer(tokens, is_split_into_words=True)
@@ -198,17 +267,25 @@ def seqeval_metrics(id2label):
     predicted I-X with no B-X before it is no entity. seqeval's default (CoNLL-style) mode would let such an I-X
     open one, so gold B-PHONE I-PHONE vs predicted I-PHONE I-PHONE would count as a perfect match.
     Every position whose label is not -100 is one scored item: `tokenize_and_align` labels evaluation splits at
-    each word's first piece, so these are word-level scores. A set with no labelled position is a ValueError."""
+    each word's first piece, so these are word-level scores. A set with no labelled position is a ValueError, and so is
+    a gold or predicted label id that `id2label` lacks (it names the id and the valid ids).
+    `id2label` maps id -> tag (int or digit-string keys, as in `model.config.id2label`), or is the list of tags."""
     from . import metrics
+
+    names = _label_names(id2label)
 
     def compute(eval_pred):
         logits, labels = eval_pred
         preds = np.argmax(logits, axis=-1)
+        labels = np.asarray(labels)
+        keep = labels != IGNORE
+        _check_ids_known(labels[keep], names, "gold")
+        _check_ids_known(preds[keep], names, "predicted")
         true_tags, pred_tags = [], []
         for p_row, l_row in zip(preds, labels):
             keep = l_row != IGNORE
-            true_tags.append([id2label[int(l)] for l in l_row[keep]])
-            pred_tags.append([id2label[int(p)] for p in p_row[keep]])
+            true_tags.append([names[int(l)] for l in l_row[keep]])
+            pred_tags.append([names[int(p)] for p in p_row[keep]])
         if not any(true_tags):
             raise ValueError("the evaluation set has no labelled word (every label is -100): nothing to score")
         if not any(tag.startswith("B-") for row in true_tags for tag in row):
@@ -224,12 +301,47 @@ def seqeval_metrics(id2label):
     return compute
 
 
+def _label_names(id2label) -> dict:
+    """id -> tag as a dict with int keys, from a dict (int or digit-string keys, as config.json stores them) or a
+    list of tags."""
+    if isinstance(id2label, (list, tuple)):
+        return dict(enumerate(id2label))
+    if not hasattr(id2label, "items"):
+        raise ValueError(f"id2label must map label ids to tags (e.g. model.config.id2label), not a "
+                         f"{type(id2label).__name__}")
+    try:
+        return {int(k): v for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"id2label must map label ids to tags, e.g. {{0: 'O', 1: 'B-PER'}}; its keys are "
+                         f"{list(id2label)[:6]}: did you pass label2id?") from None
+
+
+def _check_ids_known(ids, names: dict, role: str) -> None:
+    """Every id has a tag in `names`; else a ValueError naming the id, the valid ids and the fix."""
+    unknown = sorted({int(i) for i in np.asarray(ids).ravel()} - set(names))
+    if not unknown:
+        return
+    fix = ("the classifier has more outputs than id2label has labels: build the metrics from the model's own "
+           "model.config.id2label" if role == "predicted" else
+           "the labels were made with another label set: tokenize with label2id = {tag: i for i, tag in "
+           "id2label.items()}, the same label list the model was built with")
+    raise ValueError(f"{role} label id {unknown[0]} is not in id2label (valid ids: {sorted(names)}, tags "
+                     f"{list(names.values())[:10]}); {fix}")
+
+
 def predict_tags(model, tokenizer, sentences, batch_size: int = 32, max_length: int = 128) -> list[list[str]]:
-    """Word-level IOB2 tags for a list of pre-split sentences: each word gets its first piece's prediction
-    (`word_tags`), as the scores count it."""
+    """Word-level IOB2 tags for a list of pre-split sentences (each a list of words): each word gets its first
+    piece's prediction (`word_tags`), as the scores count it. One sentence is `[words]`, not `words`."""
     import torch
 
     from .models import on_device
+
+    if isinstance(sentences, (str, dict)) or not hasattr(sentences, "__len__"):
+        raise ValueError(f"sentences: a list of sentences, each a list of words, is expected, not a "
+                         f"{type(sentences).__name__}; e.g. [ner.split_words(text)]")
+    for i, words in enumerate(sentences):
+        check_words(words, f"sentences[{i}]" + (" (one sentence is [words], not words)" if isinstance(words, str)
+                                                 else ""))
 
     model.eval()
     out = []
@@ -250,6 +362,10 @@ COLOURS = {0: "#fde68a", 1: "#bfdbfe", 2: "#bbf7d0", 3: "#fecaca", 4: "#e9d5ff",
 
 def highlight_html(tokens, tags, title: str = "", types=None) -> str:
     """The sentence with each entity in a coloured box labelled with its type."""
+    check_words(tokens)
+    check_tag_names(tags)
+    if len(tokens) != len(tags):
+        raise ValueError(f"{len(tokens)} words but {len(tags)} tags; every word needs exactly one tag")
     types = list(types or sorted({t for t, _, _ in spans(tags)}))
     starts = {s: (t, e) for t, s, e in spans(tags)}
     parts, i = [], 0
@@ -270,6 +386,10 @@ def highlight_html(tokens, tags, title: str = "", types=None) -> str:
 
 def _check_pairs(gold_seqs, pred_seqs) -> None:
     """As many predicted sentences as gold ones, each with as many tags: zip would silently score fewer."""
+    for what, seqs in (("gold_seqs", gold_seqs), ("pred_seqs", pred_seqs)):
+        if isinstance(seqs, str) or any(isinstance(tags, str) for tags in list(seqs)):
+            raise ValueError(f"{what}: a list of sentences, each a list of tags, is expected; one sentence's tags "
+                             "are [tags], e.g. [['B-PER', 'I-PER', 'O']]")
     gold_seqs, pred_seqs = list(gold_seqs), list(pred_seqs)
     if len(gold_seqs) != len(pred_seqs):
         raise ValueError(f"{len(gold_seqs)} gold sentences but {len(pred_seqs)} predicted ones; they must match")
@@ -343,7 +463,9 @@ def train_tagger(cfg, encoded, tokenizer, label_names, n_frozen: int = 0, epochs
     from transformers import DataCollatorForTokenClassification
 
     from . import models, train
+    from .data import require_splits
 
+    require_splits(encoded, "encoded", splits=("train", "test"))
     _check_label_ids(encoded, label_names)
     model = models.load_token_classifier(label_names, cfg, **(config_overrides or {}))
     train.freeze_bottom(model, n_frozen)

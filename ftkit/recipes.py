@@ -148,24 +148,90 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 # --------------------------------------------------------------------------- data
+FLAG = {"train": "--train-file", "test": "--eval-file"}
+
+
 def load_files(train_file: str, eval_file: str | None, seed: int):
-    from datasets import load_dataset
+    """The user's files as a DatasetDict ("train", "test"; without --eval-file, 10% of the training rows held out).
+    Each file is read on its own (`read_file`), so one that cannot be read is named, with the line at fault."""
+    from datasets import DatasetDict
 
     files = {"train": train_file, **({"test": eval_file} if eval_file else {})}
     kinds = set()
     for split, f in files.items():
         if not Path(f).is_file():
-            raise ValueError(f"--{split if split == 'train' else 'eval'}-file {f!r} does not exist")
+            raise ValueError(f"{FLAG[split]} {f!r} does not exist")
         suffix = Path(f).suffix.lower()
         if suffix not in (".jsonl", ".json", ".csv"):
             raise ValueError(f"{f!r}: use a .jsonl (one JSON object per line) or a .csv file")
         kinds.add("csv" if suffix == ".csv" else "json")
     if len(kinds) > 1:
         raise ValueError("--train-file and --eval-file must be the same format (both JSONL or both CSV)")
-    ds = load_dataset(kinds.pop(), data_files=files)
+    kind = kinds.pop()
+    ds = DatasetDict({split: read_file(f, FLAG[split], kind) for split, f in files.items()})
     if "test" not in ds:
+        if ds["train"].num_rows < 2:
+            raise ValueError(f"--train-file {train_file!r} has {ds['train'].num_rows} row: too few to hold 10% out for "
+                             "evaluation; add rows or give an --eval-file")
         ds = ds["train"].train_test_split(test_size=0.1, seed=seed)
     return ds
+
+
+def read_file(path: str, flag: str, kind: str):
+    """One JSONL or CSV file as a Dataset. An empty file, a line that is not a JSON object (named by its number) or a
+    file the reader rejects is a ValueError naming the flag and the file."""
+    from datasets import load_dataset
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{flag} {path!r} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8")
+    what = "one JSON object per line" if kind == "json" else "a header line, then one row per line"
+    if not text.strip():
+        raise ValueError(f"{flag} {path!r} is empty: it needs at least one row ({what})")
+    if kind == "json":
+        check_json_lines(text, path, flag)
+    elif len([line for line in text.splitlines() if line.strip()]) < 2:
+        raise ValueError(f"{flag} {path!r} has a header line but no rows ({what})")
+    try:
+        ds = load_dataset(kind, data_files={"train": path}, split="train")
+    except Exception as err:                    # datasets wraps the reader's error; show its own words, once
+        cause = err
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__
+        raise ValueError(f"{flag} {path!r} could not be read as {'JSONL' if kind == 'json' else 'CSV'} ({what}): "
+                         f"{str(cause).splitlines()[0] if str(cause) else type(cause).__name__}; check that every row "
+                         "has the same columns with the same kind of values") from None
+    if ds.num_rows == 0:
+        raise ValueError(f"{flag} {path!r} has no rows ({what})")
+    return ds
+
+
+def check_json_lines(text: str, path: str, flag: str) -> None:
+    """Each non-blank line is one JSON object (or the whole file is one JSON list of objects)."""
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    if isinstance(whole, list):
+        bad = next((i for i, row in enumerate(whole) if not isinstance(row, dict)), None)
+        if bad is not None:
+            raise ValueError(f"{flag} {path!r}: item {bad} of the JSON list is a {type(whole[bad]).__name__}, not an "
+                             "object with your columns")
+        if not whole:
+            raise ValueError(f"{flag} {path!r} is an empty JSON list: it needs at least one row")
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{flag} {path!r} line {number} is not valid JSON ({err.msg} at column {err.colno}): "
+                             f"{line[:80]!r}; a JSONL file holds one complete JSON object per line") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{flag} {path!r} line {number} is a JSON {type(row).__name__}, not an object: each line "
+                             'must be one object with your columns, e.g. {"text": "...", "label": "..."}')
 
 
 def load_task_data(args):
@@ -187,15 +253,28 @@ def load_task_data(args):
               "ner": {args.tokens_column: "tokens", args.tags_column: "tags"},
               "mlm": {args.text_column: "text"},
               "sft": {args.instruction_column: "instruction", args.response_column: "response"}}[args.task]
+    flags = {"text": "--text-column", "label": "--label-column", "tokens": "--tokens-column", "tags": "--tags-column",
+             "instruction": "--instruction-column", "response": "--response-column"}
     for split in ds:
-        data.require_columns(ds[split], list(wanted), f"{split} file")
+        have = ds[split].column_names
+        missing = [c for c in wanted if c not in have]
+        if missing:
+            f = args.train_file if split == "train" or not args.eval_file else args.eval_file
+            flag = FLAG[split] if args.eval_file else "--train-file"
+            raise ValueError(f"{flag} {f!r} has no column {missing[0]!r} (columns: {have}); the {args.task} task "
+                             f"reads columns {list(wanted)}: rename them in the file, or name yours with "
+                             + ", ".join(f"{flags[t]} NAME" for t in wanted.values()))
+    # the task's columns only: another column in one file (not the other) must not change the run
+    keep = list(wanted) + (["context"] if args.task == "sft" else [])
+    for split in ds:
+        ds[split] = ds[split].select_columns([c for c in keep if c in ds[split].column_names])
+        if args.task == "sft" and "context" not in ds[split].column_names:
+            ds[split] = ds[split].add_column("context", [""] * ds[split].num_rows)
     for mine, theirs in wanted.items():
         if mine != theirs:
             ds = ds.rename_column(mine, theirs)
     if args.task == "classify":                  # string labels: one mapping for every split (not per split)
         ds = data.encode_label_column(ds)
-    if args.task == "sft" and "context" not in ds["train"].column_names:
-        ds = ds.map(lambda r: {"context": ""})
     return ds
 
 
@@ -214,6 +293,7 @@ def check_task_data(args, cfg, ds) -> None:
     from . import data, instruct, models, ner
 
     if args.task == "ner":
+        ner.check_rows(ds)                      # lists of words and of tag names, one tag per word
         for split in ds:
             for i, tags in enumerate(ds[split]["tags"]):
                 data.validate_iob2(tags, where=f"{split} row {i}: ")

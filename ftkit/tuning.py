@@ -120,7 +120,9 @@ def feature_based(name: str, head, X_train, y_train, X_test, y_test, encoder_par
 
 # --------------------------------------------------------------------------- parameter-based
 def tokenize(ds, cfg, text_column: str = "text", label_column: str = "label"):
-    """Tokenize every split (no padding: the collator pads each batch to its longest sentence)."""
+    """Tokenize every split of `ds`, a DatasetDict with a "train" split (one Dataset alone is a ValueError that says
+    how to make the splits). No padding: the collator pads each batch to its longest sentence."""
+    data.require_splits(ds, "ds", splits=("train",))
     for split in ds:
         data.check_classification(ds[split], text_column, label_column,
                                   "training data" if split == "train" else f"split {split!r}")
@@ -158,6 +160,7 @@ def fine_tune(cfg, encoded, tokenizer, label_names, n_frozen: int, epochs: float
     `encoded` scored once at the end ("test"; None: none): choosing settings, score on "validation"."""
     import torch
 
+    data.require_splits(encoded, "encoded", splits=("train",))
     if score_on is not None and score_on not in encoded:
         raise ValueError(f"score_on={score_on!r} is not a split of the data; splits: {list(encoded)}")
     torch.manual_seed(arg_overrides.get("seed", getattr(cfg, "seed", 42)))  # the new head's initial weights
@@ -187,6 +190,7 @@ def fine_tune(cfg, encoded, tokenizer, label_names, n_frozen: int, epochs: float
 def validation_subset(encoded, size: int | None, seed: int = 0):
     """`size` sentences of the validation split, the same share of each class (all of it when size is None or
     larger): scored during training and by the ablation, so that the test split is read once, at the end."""
+    data.require_splits(encoded, "encoded", splits=())
     if "validation" not in encoded:
         raise ValueError(f"the data has no 'validation' split (splits: {list(encoded)}); hold out part of the "
                          "training data, e.g. ds['train'].train_test_split(test_size=0.2, seed=0)")
@@ -211,6 +215,7 @@ def ablation_panel(cfg, encoded, tokenizer, label_names, table, depth: int, vali
     every run's TrainingArguments (e.g. the notebook's warm-up)."""
     from . import widgets
 
+    data.require_splits(encoded, "encoded", splits=("train",))
     scored = {"validation": validation if validation is not None else validation_subset(encoded, None)}
 
     def run(n_frozen, epochs, learning_rate):

@@ -630,3 +630,20 @@ def test_dolly_lora_ends_with_the_checkpoint_of_the_lowest_validation_loss(cfg, 
         assert again == pytest.approx(min(losses), rel=1e-3) and again != pytest.approx(losses[-1], rel=1e-3)
     finally:
         run.model.unload()
+
+
+def test_rows_as_a_list_of_dicts_are_read_and_a_datasetdict_is_refused(cfg):
+    from datasets import DatasetDict
+
+    rows = [{"instruction": "Name a colour.", "response": "Blue."}, {"instruction": "Say hi.", "response": "Hi!"}]
+    converted = instruct.sft_dataset(rows)                 # what sft trains on: list -> Dataset.from_list
+    assert converted.num_rows == 2 and converted[1]["completion"] == "Hi!"
+    assert instruct.clean(rows).num_rows == 2
+    splits = DatasetDict({"train": Dataset.from_list(rows)})
+    with pytest.raises(ValueError, match=r"train_rows is a DatasetDict of splits \['train'\], but one set of rows is "
+                                         r"expected: pass one split, e.g. ds\['train'\]"):
+        instruct.sft(None, None, splits, cfg, name="x")
+    with pytest.raises(ValueError, match=r"validation_rows is one row .*pass a list of rows: \[row\]"):
+        instruct.sft(None, None, rows, cfg, name="x", validation_rows=rows[0], max_length=None)
+    with pytest.raises(ValueError, match=r"data\[1\] is a str; every row must be a dict"):
+        instruct.check_instruction_data([rows[0], "Say hi."])

@@ -232,3 +232,69 @@ def test_the_main_run_scores_the_validation_split_after_every_epoch(cfg, tok):
     del encoded["validation"]
     with pytest.raises(ValueError, match="validate=True scores the 'validation' split"):
         ner.train_tagger(cfg, encoded, tok, LABELS, validate=True)
+
+
+def test_a_label_id_missing_from_id2label_names_the_id_the_valid_ids_and_the_fix():
+    import numpy as np
+
+    gold = np.array([[0, 1, 9, ner.IGNORE]])               # 9: made with another label set
+    logits = np.eye(len(LABELS))[[[0, 1, 2, 0]]]
+    with pytest.raises(ValueError, match=r"gold label id 9 is not in id2label \(valid ids: \[0, 1, 2, 3, 4\].*"
+                                         r"tokenize with label2id"):
+        ner.seqeval_metrics(I2L)((logits, gold))
+    wide = np.zeros((1, 4, len(LABELS) + 2))
+    wide[0, :, len(LABELS) + 1] = 1.0                      # a head with more outputs than id2label has labels
+    with pytest.raises(ValueError, match=r"predicted label id 6 is not in id2label .*model.config.id2label"):
+        ner.seqeval_metrics(I2L)((wide, np.array([[1, 2, 0, 0]])))
+    with pytest.raises(ValueError, match=r"predicted label id 7 is not in id2label"):
+        ner.word_tags([0, 7], [0, 1], I2L, 2)
+    # config.json's digit-string keys and a plain label list read the same as model.config.id2label
+    string_keys = {str(i): l for i, l in I2L.items()}
+    assert ner.seqeval_metrics(string_keys)((np.eye(5)[[[1, 2, 0]]], np.array([[1, 2, 0]])))["overall_f1"] == 1.0
+    assert ner.word_tags([1, 2], [0, 1], LABELS, 2) == ["B-PER", "I-PER"]
+
+
+def test_integer_tag_ids_are_refused_with_the_classlabel_conversion(tok):
+    from datasets import Dataset, DatasetDict
+
+    ds = DatasetDict({"train": Dataset.from_dict({"tokens": [["Ada", "Lovelace"]], "tags": [[1, 2]]})})
+    with pytest.raises(ValueError, match=r"split 'train' row 0 'tags': the tags are integer ids \(\[1, 2\]\).*"
+                                         r"names such as 'B-PER'.*int2str"):
+        ner.tokenize_and_align(ds, tok, L2I)
+    with pytest.raises(ValueError, match="integer ids.*int2str"):
+        ner.align_labels([None, 0, 1, None], [1, 2], L2I)
+    with pytest.raises(ValueError, match="integer ids"):
+        ner.spans([1, 2, 0])
+
+
+def test_words_given_as_one_string_are_refused_not_counted_letter_by_letter(tok):
+    from datasets import Dataset, DatasetDict
+
+    ds = DatasetDict({"train": Dataset.from_dict({"tokens": ["Ada Lovelace"], "tags": [["B-PER", "I-PER"]]})})
+    with pytest.raises(ValueError, match=r"split 'train' row 0 'tokens': the words are one string \('Ada Lovelace'\)"
+                                         r", but a list of words is expected.*split_words"):
+        ner.tokenize_and_align(ds, tok, L2I)
+    with pytest.raises(ValueError, match="the words are one string"):
+        ner.alignment_table("Ada Lovelace", ["B-PER", "I-PER"], tok, LABELS)
+    with pytest.raises(ValueError, match="the words are one string"):
+        ner.highlight_html("Ada Lovelace", ["B-PER", "I-PER"])
+    with pytest.raises(ValueError, match=r"sentences\[0\] \(one sentence is \[words\], not words\)"):
+        ner.predict_tags(None, tok, ["Ada", "Lovelace"])
+    with pytest.raises(ValueError, match=r"gold_seqs: a list of sentences, each a list of tags"):
+        ner.error_kinds(["B-PER", "I-PER"], ["B-PER", "I-PER"])
+
+
+def test_one_dataset_where_a_datasetdict_is_expected_says_how_to_make_splits(tok, cfg):
+    from datasets import Dataset
+
+    one = Dataset.from_dict({"tokens": [["Ada", "Lovelace"]], "tags": [["B-PER", "I-PER"]]})
+    with pytest.raises(ValueError, match=r"ds is one datasets.Dataset \(1 rows\), but a DatasetDict of named splits "
+                                         r"is expected \(needs \['train'\]\).*DatasetDict\(\{'train'"):
+        ner.tokenize_and_align(one, tok, L2I)
+    with pytest.raises(ValueError, match="ds is a list, but a DatasetDict"):
+        ner.tokenize_and_align([{"tokens": ["Ada"], "tags": ["B-PER"]}], tok, L2I)
+    encoded = ner.tokenize_and_align({"train": one}, tok, L2I)
+    with pytest.raises(ValueError, match=r"encoded has no 'test' split \(splits: \['train'\]\)"):
+        ner.train_tagger(cfg, encoded, tok, LABELS)
+    with pytest.raises(ValueError, match="encoded is one datasets.Dataset"):
+        ner.train_tagger(cfg, encoded["train"], tok, LABELS)

@@ -201,3 +201,47 @@ def test_a_max_length_that_cuts_every_response_is_one_clear_line_before_anything
     err = refused(capsys, "sft", "--data", "dolly", "--max-length", "8", *SMOKE, "--output-dir", out)
     assert "training data: max_length=8 cuts every response off: all 64 rows lose every response token" in err
     assert "keeps at least one response token in every row" in err and not out.exists()
+
+
+def test_unreadable_user_files_are_one_clear_line_naming_the_file(tmp_path, capsys):
+    good = [{"tokens": ["Ada", "Lovelace", "wrote", "."], "tags": ["B-PER", "I-PER", "O", "O"]}] * 4
+    files = {"good": "\n".join(json.dumps(r) for r in good), "empty": "", "blank": "\n\n",
+             "broken": json.dumps(good[0]) + '\n{"tokens": ["Ada"], "tags": ["B-PER"],\n',
+             "not_object": json.dumps(good[0]) + "\n[1, 2]\n",
+             "other_columns": json.dumps({"words": ["Ada"], "labels": ["B-PER"]})}
+    for name, text in files.items():
+        (tmp_path / f"{name}.jsonl").write_text(text)
+
+    def ner_run(train, *extra):
+        return refused(capsys, "ner", "--train-file", tmp_path / f"{train}.jsonl", *extra, *SMOKE,
+                       "--output-dir", tmp_path / "out")
+
+    assert "--train-file" in ner_run("empty") and "empty.jsonl' is empty: it needs at least one row" in ner_run("empty")
+    err = ner_run("good", "--eval-file", tmp_path / "blank.jsonl")
+    assert "--eval-file" in err and "blank.jsonl' is empty: it needs at least one row" in err
+    err = ner_run("broken")
+    assert "broken.jsonl' line 2 is not valid JSON" in err and "one complete JSON object per line" in err
+    assert "not_object.jsonl' line 2 is a JSON list, not an object" in ner_run("not_object")
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("tokens,tags\n")
+    assert "header.csv' has a header line but no rows" in refused(capsys, "ner", "--train-file", header_only, *SMOKE,
+                                                                   "--output-dir", tmp_path / "out")
+    err = ner_run("good", "--eval-file", tmp_path / "other_columns.jsonl")
+    assert "--eval-file" in err and "other_columns.jsonl' has no column 'tokens' (columns: ['words', 'labels'])" in err
+    assert "--tokens-column NAME, --tags-column NAME" in err
+    # an extra column in one file only is left out, not a cast error between the two files
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("\n".join(json.dumps({**r, "source": "wiki"}) for r in good))
+    ds = recipes.load_task_data(recipes.parser().parse_args(
+        ["ner", "--train-file", str(tmp_path / "good.jsonl"), "--eval-file", str(extra), "--output-dir", "x"]))
+    assert ds["test"].column_names == ["tokens", "tags"] and ds["test"].num_rows == 4
+
+
+def test_ner_files_with_tag_ids_or_one_string_of_words_are_one_clear_line(tmp_path, capsys):
+    ids, text = tmp_path / "ids.jsonl", tmp_path / "text.jsonl"
+    ids.write_text("\n".join(json.dumps({"tokens": ["Ada", "Lovelace"], "tags": [1, 2]}) for _ in range(4)))
+    text.write_text("\n".join(json.dumps({"tokens": "Ada Lovelace", "tags": ["B-PER", "I-PER"]}) for _ in range(4)))
+    err = refused(capsys, "ner", "--train-file", ids, *SMOKE, "--output-dir", tmp_path / "out")
+    assert "the tags are integer ids" in err and "int2str" in err
+    err = refused(capsys, "ner", "--train-file", text, *SMOKE, "--output-dir", tmp_path / "out")
+    assert "the words are one string ('Ada Lovelace'), but a list of words is expected" in err

@@ -166,3 +166,16 @@ def test_fine_tune_refuses_an_unknown_split_to_score(cfg):
     with pytest.raises(ValueError, match="was not validated during training"):
         tuning.kept_validation(tuning.feature_based("lr", tuning.MLPHead(hidden=4, epochs=1), np.eye(2, dtype=np.float32),
                                                     [0, 1], np.eye(2, dtype=np.float32), [0, 1], encoder_params=10))
+
+
+def test_one_dataset_where_a_datasetdict_is_expected_says_how_to_make_splits(cfg):
+    one = Dataset.from_dict({"text": ["good", "bad"], "label": [1, 0]})
+    with pytest.raises(ValueError, match=r"ds is one datasets.Dataset \(2 rows\), but a DatasetDict of named splits "
+                                         r"is expected.*DatasetDict\(\{'train'.*train_test_split"):
+        tuning.tokenize(one, cfg)
+    with pytest.raises(ValueError, match=r"ds has no 'train' split \(splits: \['test'\]\)"):
+        tuning.tokenize(DatasetDict({"test": one}), cfg)
+    with pytest.raises(ValueError, match="encoded is one datasets.Dataset"):
+        tuning.fine_tune(cfg, one, None, ["neg", "pos"], n_frozen=0)
+    with pytest.raises(ValueError, match="encoded is one datasets.Dataset"):
+        tuning.validation_subset(one, 10)
