@@ -167,17 +167,19 @@ def recorded_path(name: str, profile, folder: Path | None = None) -> Path:
     return Path(folder or RECORDED_DIR) / f"{name}.{_profile(profile).name}.json"
 
 
-def _git_commit() -> dict | None:
-    """The checkout's commit and whether ftkit/ had uncommitted changes, when the package runs from a git clone."""
+def _git_commit(root: Path | None = None) -> dict | None:
+    """The checkout's commit and whether ftkit/'s code had uncommitted changes, when the package runs from a git
+    clone (`root`: the checkout, by default this package's)."""
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
+    root = root or Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return None
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()
-        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "ftkit"],
+        changed = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "ftkit",
+                                  ":(exclude)ftkit/recorded"],     # other recordings are data, not code
                                  capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -197,6 +199,8 @@ def provenance(cfg, settings: dict, seconds: float) -> dict:
     return {"ftkit": __version__, "git": _git_commit(), "profile": _profile(cfg).name,
             "settings": _jsonable(settings), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(float(seconds), 1),
+            # above the core count, other jobs shared the machine and `seconds` overstates a run alone
+            "load average (1, 5, 15 min)": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
             "machine": {"cores": cores, "device": getattr(cfg, "device", "cpu"), "platform": platform.platform(),
                         "memory limit MB": None if limit is None else round(limit),
                         "FTKIT_MEMORY_LIMIT": os.environ.get("FTKIT_MEMORY_LIMIT") or None,
@@ -215,8 +219,9 @@ class Recorded(list):
         p = self.provenance
         how = "trained live now" if p.get("live") else f"recorded on {p['date'][:10]}"
         minutes = f"{p['seconds'] / 60:.1f} min" if p.get("seconds") is not None else "time not measured"
+        note = f"; {p['note']}" if p.get("note") else ""
         return (f"{len(self)} rows {how} in the {p['profile']} profile: {minutes} on "
-                f"{p['machine']['cores']} cores ({p['machine']['device']})")
+                f"{p['machine']['cores']} cores ({p['machine']['device']}){note}")
 
 
 def record_sweep(name: str, rows: list[dict], settings: dict, cfg, seconds: float,

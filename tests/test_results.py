@@ -62,6 +62,26 @@ def test_a_recording_keeps_its_rows_and_provenance(cfg, fake):
     assert rows == module.run(cfg) and rows.provenance == p and len(rows) == 12
     assert rows.summary().startswith("12 rows recorded on 20") and "smoke profile" in rows.summary()
     assert [f.name for f in folder.iterdir()] == ["fake.smoke.json"]        # no temporary file left behind
+    assert len(p["load average (1, 5, 15 min)"]) == 3          # says whether other jobs shared the machine
+    noted = results.Recorded(rows, {**p, "note": "recorded beside other jobs"})
+    assert noted.summary().endswith("; recorded beside other jobs") and "note" not in rows.summary()
+
+
+def test_the_code_version_flag_ignores_other_recordings(tmp_path):
+    """A recording made while another one is new and uncommitted is still made by committed code."""
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "ftkit" / "recorded").mkdir(parents=True)
+    (repo / "ftkit" / "code.py").write_text("x = 1\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "code"], check=True)
+    (repo / "ftkit" / "recorded" / "other.cpu.json").write_text("{}")
+    assert results._git_commit(repo)["uncommitted changes in ftkit/"] is False
+    (repo / "ftkit" / "code.py").write_text("x = 2\n")
+    assert results._git_commit(repo)["uncommitted changes in ftkit/"] is True
 
 
 def test_a_failed_or_empty_sweep_leaves_the_old_recording_intact(cfg, fake):
