@@ -152,23 +152,28 @@ def _label_id(tag, label2id) -> int:
     return label2id[tag]
 
 
+def check_sentence(tokens, tags, where: str | None = None) -> None:
+    """One sentence: a list of words (`check_words`), a list of tag names (`check_tag_names`), one tag per word.
+    `where` (e.g. "split 'train' row 3") prefixes every message."""
+    check_words(tokens, f"{where} 'tokens'" if where else "tokens")
+    check_tag_names(tags, f"{where} 'tags'" if where else "tags")
+    if len(tokens) != len(tags):
+        raise ValueError(f"{where + ': ' if where else ''}{len(tokens)} words but {len(tags)} tags; every word needs "
+                         "exactly one tag")
+
+
 def check_rows(ds) -> None:
     """`ds` is a DatasetDict whose every row has "tokens" (a list of words) and "tags" (one tag name per word).
 
     One split given alone, a sentence given as one string, integer tag ids or a row with more words than tags are
-    ValueErrors naming the split and row and saying what to do (`data.require_splits`, `check_words`,
-    `check_tag_names`)."""
+    ValueErrors naming the split and row and saying what to do (`data.require_splits`, `check_sentence`)."""
     from .data import require_columns, require_splits
 
     require_splits(ds, "ds", splits=())
     for split, part in ds.items():
         require_columns(part, ["tokens", "tags"], f"split {split!r}")
         for row, (tokens, tags) in enumerate(zip(part["tokens"], part["tags"])):
-            check_words(tokens, f"split {split!r} row {row} 'tokens'")
-            check_tag_names(tags, f"split {split!r} row {row} 'tags'")
-            if len(tokens) != len(tags):
-                raise ValueError(f"split {split!r} row {row}: {len(tokens)} words but {len(tags)} tags; "
-                                 "every word needs exactly one tag")
+            check_sentence(tokens, tags, f"split {split!r} row {row}")
 
 
 def check_tags(ds, label2id) -> None:
@@ -240,10 +245,7 @@ def alignment_table(tokens, tags, tokenizer, label_names, mode: str = "first"):
     """word / token / word_id / label for one sentence, to look at the alignment."""
     import pandas as pd
 
-    check_words(tokens)
-    check_tag_names(tags)
-    if len(tokens) != len(tags):
-        raise ValueError(f"{len(tokens)} words but {len(tags)} tags; every word needs exactly one tag")
+    check_sentence(tokens, tags)
 
     label2id = {l: i for i, l in enumerate(label_names)}
     enc = tokenizer(tokens, is_split_into_words=True)
@@ -362,10 +364,7 @@ COLOURS = {0: "#fde68a", 1: "#bfdbfe", 2: "#bbf7d0", 3: "#fecaca", 4: "#e9d5ff",
 
 def highlight_html(tokens, tags, title: str = "", types=None) -> str:
     """The sentence with each entity in a coloured box labelled with its type."""
-    check_words(tokens)
-    check_tag_names(tags)
-    if len(tokens) != len(tags):
-        raise ValueError(f"{len(tokens)} words but {len(tags)} tags; every word needs exactly one tag")
+    check_sentence(tokens, tags)
     types = list(types or sorted({t for t, _, _ in spans(tags)}))
     starts = {s: (t, e) for t, s, e in spans(tags)}
     parts, i = [], 0
