@@ -253,8 +253,6 @@ def load_task_data(args):
               "ner": {args.tokens_column: "tokens", args.tags_column: "tags"},
               "mlm": {args.text_column: "text"},
               "sft": {args.instruction_column: "instruction", args.response_column: "response"}}[args.task]
-    flags = {"text": "--text-column", "label": "--label-column", "tokens": "--tokens-column", "tags": "--tags-column",
-             "instruction": "--instruction-column", "response": "--response-column"}
     for split in ds:
         have = ds[split].column_names
         missing = [c for c in wanted if c not in have]
@@ -263,7 +261,7 @@ def load_task_data(args):
             flag = FLAG[split] if args.eval_file else "--train-file"
             raise ValueError(f"{flag} {f!r} has no column {missing[0]!r} (columns: {have}); the {args.task} task "
                              f"reads columns {list(wanted)}: rename them in the file, or name yours with "
-                             + ", ".join(f"{flags[t]} NAME" for t in wanted.values()))
+                             + ", ".join(f"--{t}-column NAME" for t in wanted.values()))
     # the task's columns only: another column in one file (not the other) must not change the run
     keep = list(wanted) + (["context"] if args.task == "sft" else [])
     for split in ds:
