@@ -406,6 +406,99 @@ def qa_scores(setup: str, answers, rows, sentence_model) -> "pd.DataFrame":  # n
                          for a, row, r, c in zip(answers, rows, rouge, cos)])
 
 
+# The medical-QA comparison: closed book, RAG, LoRA on other diseases (+ RAG), and the teacher-forced knowledge test
+# before and after LoRA. Recorded (`python -m ftkit record choose_medqa`): its LoRA run and four answer sets take
+# minutes on 2 cores. The notebook recomputes the closed-book answers and the losses before LoRA, checks them against
+# the recording, and draws the rest from it.
+def medqa_settings(profile) -> dict:
+    """Everything that decides the medical-QA rows, for a profile (`ftkit.results.SWEEPS["choose_medqa"]`)."""
+    name = profile.name
+    return {"model": profile.models["causal"], "sentence model": profile.models["sentence"],
+            "test questions": {"smoke": 4, "cpu": 24, "gpu": 120}[name],
+            "training pairs": {"smoke": 8, "cpu": 80, "gpu": 1500}[name],
+            "answers per knowledge set": {"smoke": 2, "cpu": 20, "gpu": 60}[name],
+            "max length": {"smoke": 128, "cpu": 160, "gpu": 512}[name],
+            "new tokens": {"smoke": 16, "cpu": 64, "gpu": 160}[name],
+            "top k": 3, "rank": 16, "learning rate": 5e-4, "batch": {"smoke": 4, "cpu": 8, "gpu": 16}[name],
+            "max steps": {"smoke": 2, "cpu": -1, "gpu": -1}[name], "epochs": 1, "template": "alpaca",
+            "rag instruction": RAG_INSTRUCTION,
+            "test rows": "medquad_qa test, data.take(n, seed=0)", "training rows": "medquad_qa train, data.take(n, seed=0)",
+            "index": "every answer of both splits" if name != "smoke" else "the test answers + 60 training answers"}
+
+
+def medqa_rows(settings: dict):
+    """(qa, test rows, training rows, index answers) of the medical-QA comparison, for `medqa_settings`. The index
+    holds the gold answer of every test question (in the smoke profile a small index, so it builds in seconds)."""
+    from . import data
+
+    qa = data.load("medquad_qa")
+    test = list(data.take(qa["test"], settings["test questions"], seed=0))
+    train = data.take(qa["train"], settings["training pairs"], seed=0)
+    if settings["index"].startswith("every"):
+        answers = list(qa["train"]["answer"]) + list(qa["test"]["answer"])
+    else:
+        answers = [r["answer"] for r in test] + list(data.take(qa["train"], 60, seed=1)["answer"])
+    return qa, test, train, answers
+
+
+MEDQA_SETUPS = ("closed book", "RAG", "fine-tuned", "fine-tuned + RAG")
+
+
+def medqa_prompts(index: "AnswerIndex", test_rows, top_k: int) -> tuple[list[dict], list[dict]]:
+    """(closed-book rows, RAG rows): the same questions alone, and with their top_k retrieved passages."""
+    questions = [r["question"] for r in test_rows]
+    closed = [{"instruction": q} for q in questions]
+    rag = [rag_row(q, [index.answers[i] for i, _ in hits]) for q, hits in zip(questions, index.search(questions, top_k))]
+    return closed, rag
+
+
+def medqa_sweep(cfg, settings: dict | None = None) -> list[dict]:
+    """The medical-QA comparison at `medqa_settings(cfg.profile)` (or `settings`, e.g. smaller), as rows by "part":
+
+    * "answer": the greedy answer of each setup in `MEDQA_SETUPS` to each test question ("question": its position);
+    * "knowledge": per reference answer of each `knowledge_sets` set, its mean token loss before and after LoRA;
+    * "training": the LoRA run on the training pairs (other diseases than the test ones): pairs, seconds, loss."""
+    s = settings or medqa_settings(cfg.profile)
+    model, tok = models.load_causal(cfg)
+    qa, test_rows, train_rows, index_answers = medqa_rows(s)
+    index = AnswerIndex(index_answers, models.load_sentence_model(cfg))
+    closed, rag = medqa_prompts(index, test_rows, s["top k"])
+    answers = {"closed book": generate_by_length(model, tok, closed, s["new tokens"]),
+               "RAG": generate_by_length(model, tok, rag, s["new tokens"])}
+    knowledge = knowledge_sets(qa["train"], qa["test"], train_rows["id"], n=s["answers per knowledge set"])
+    before = {name: answer_losses(model, tok, rows, s["max length"]) for name, rows in knowledge.items()}
+    pairs = [{"instruction": r["question"], "context": "", "response": r["answer"]} for r in train_rows]
+    tuned = instruct.sft(model, tok, pairs, cfg, name="LoRA on medical QA", lora_rank=s["rank"],
+                         max_length=s["max length"], num_train_epochs=s["epochs"], max_steps=s["max steps"],
+                         per_device_train_batch_size=s["batch"], learning_rate=s["learning rate"])
+    after = {name: answer_losses(tuned.model, tok, rows, s["max length"]) for name, rows in knowledge.items()}
+    answers["fine-tuned"] = generate_by_length(tuned.model, tok, closed, s["new tokens"])
+    answers["fine-tuned + RAG"] = generate_by_length(tuned.model, tok, rag, s["new tokens"])
+    rows = [{"part": "answer", "setup": setup, "question": i, "answer": a}
+            for setup in MEDQA_SETUPS for i, a in enumerate(answers[setup])]
+    rows += [{"part": "knowledge", "set": name, "item": i, "loss before": float(b), "loss after": float(a)}
+             for name in knowledge for i, (b, a) in enumerate(zip(before[name], after[name]))]
+    rows.append({"part": "training", "pairs": len(pairs), "seconds": round(tuned.seconds, 1), "steps": tuned.steps,
+                 "last logged loss": tuned.loss_history[-1][1] if tuned.loss_history else None})
+    return rows
+
+
+def medqa_answers(rows) -> dict:
+    """{setup: answers in question order} from `medqa_sweep` rows."""
+    answers = {}
+    for r in sorted((r for r in rows if r["part"] == "answer"), key=lambda r: r["question"]):
+        answers.setdefault(r["setup"], []).append(r["answer"])
+    return {setup: answers[setup] for setup in MEDQA_SETUPS}
+
+
+def medqa_losses(rows, when: str) -> dict:
+    """{knowledge set: per-answer losses} "before" or "after" LoRA, from `medqa_sweep` rows."""
+    losses = {}
+    for r in sorted((r for r in rows if r["part"] == "knowledge"), key=lambda r: r["item"]):
+        losses.setdefault(r["set"], []).append(r[f"loss {when}"])
+    return {name: np.array(v) for name, v in losses.items()}
+
+
 # --------------------------------------------------------------------------- 3. small vs large
 def generation_speed(model, tokenizer, new_tokens: int = 64) -> dict:
     """Greedy answer latency for one prompt, and tokens per second (EOS is suppressed to count every token)."""

@@ -488,13 +488,17 @@ def test_session_07_prompting_rag_lora_and_the_cost_table(standins):
     index = choose.AnswerIndex([r["answer"] for r in qa_test] + list(data.take(qa["train"], 6)["answer"]),
                                models.load_sentence_model(cfg))
     assert choose.recall_at_k(index, [r["question"] for r in qa_test], [r["answer"] for r in qa_test], ks=(1, 3))
-    rag = [choose.rag_row(r["question"], [index.answers[i] for i, _ in hits])
-           for r, hits in zip(qa_test, index.search([r["question"] for r in qa_test], 2))]
-    answers = choose.generate_by_length(model, tok, rag, max_new_tokens=4)
-    assert len(answers) == 2 and len(choose.qa_scores("RAG", answers, qa_test, index.model)) == 2
-    tuned_ids = list(data.take(qa["train"], 4, seed=0)["id"])        # the knowledge test, on the gpu model
-    sets = choose.knowledge_sets(qa["train"], qa["test"], tuned_ids, n=1)
-    losses = {name: choose.answer_losses(model, tok, rows, 64) for name, rows in sets.items()}
+    closed, rag = choose.medqa_prompts(index, qa_test, 2)
+    assert closed[0] == {"instruction": qa_test[0]["question"]} and "Passage 2:" in rag[0]["context"]
+    small = {**choose.medqa_settings(cfg.profile), "test questions": 2, "training pairs": 4, "max steps": 1,
+             "answers per knowledge set": 1, "max length": 64, "new tokens": 4, "batch": 2,
+             "index": "the test answers + 60 training answers"}
+    assert small["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    medqa = choose.medqa_sweep(cfg, small)          # what the gpu profile runs live (it has no recording)
+    answers = choose.medqa_answers(medqa)
+    assert list(answers) == list(choose.MEDQA_SETUPS) and all(len(a) == 2 for a in answers.values())
+    assert len(choose.qa_scores("RAG", answers["RAG"], qa_test, index.model)) == 2
+    losses = choose.medqa_losses(medqa, "after")    # the knowledge test, on the gpu model
     assert len(losses) == 3 and all(len(v) == 1 and v[0] > 0 for v in losses.values()), losses
     settings = choose.kshot_settings(cfg.profile)                     # the recorded sweep's rows for this profile
     assert settings["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
