@@ -1214,6 +1214,20 @@ def best_validation_loss(result) -> float:
     return next(h["loss"] for h in result.eval_history if h["step"] == result.best_step)
 
 
+def dolly_scores(name: str, model, tokenizer, d, result=None, **extra):
+    """(row, scored answers) of one model on session 05's dolly holdout (`d`: `session_data`): held-out loss,
+    ROUGE-L, answer length and error counts of its greedy answers; with the run's `result`, its time, trainable
+    share, steps, best validation loss and best step. The recorded runs' "dolly" rows."""
+    scored = score_answers(name, generate(model, tokenizer, d.eval_rows, d.sizes["new tokens"]), d.eval_rows)
+    row = {"part": "dolly", "run": name, "held-out loss": held_out_loss(model, d.holdout, tokenizer),
+           **answer_summary(scored), **extra}
+    if result is not None:
+        row.update({"seconds": round(result.seconds, 1), "% trainable": round(result.trainable_pct, 3),
+                    "steps": result.steps, "validation loss": best_validation_loss(result),
+                    "best step": result.best_step})
+    return row, scored
+
+
 def recorded_runs(cfg) -> list[dict]:
     """Session 05's longer runs, trained by the functions the notebook calls (`python -m ftkit record instruct_runs`).
 
@@ -1226,17 +1240,10 @@ def recorded_runs(cfg) -> list[dict]:
     S = sizes(cfg)
     model, tok = models.load_causal(cfg)
     d = session_data(tok, cfg)
-    rows, new_tokens = [], S["new tokens"]
+    rows = []
 
     def dolly_row(run_name, m, result=None, **extra):
-        scored = score_answers(run_name, generate(m, tok, d.eval_rows, new_tokens), d.eval_rows)
-        row = {"part": "dolly", "run": run_name, "held-out loss": held_out_loss(m, d.holdout, tok),
-               **answer_summary(scored), **extra}
-        if result is not None:
-            row.update({"seconds": round(result.seconds, 1), "% trainable": round(result.trainable_pct, 3),
-                        "steps": result.steps, "validation loss": best_validation_loss(result),
-                        "best step": result.best_step})
-        return row, scored
+        return dolly_scores(run_name, m, tok, d, result, **extra)
 
     base_val = example_loss(response_losses(model, d.val_enc, tok))
     row, base_scored = dolly_row("base", model, **{"validation loss": base_val})
@@ -1264,6 +1271,56 @@ def recorded_runs(cfg) -> list[dict]:
     row, trajectory, _ = narrow_run(model, tok, cfg, task, "LoRA", 1, "LoRA, one epoch", before)
     rows.append({"part": "forgetting", **row})
     rows += [{"part": "trajectory", "run": "LoRA, one epoch", **t} for t in trajectory.to_dict("records")]
+    return rows
+
+
+# Two more runs next to the recorded LoRA run, same data and settings: three epochs (overfitting and the best
+# checkpoint), and the loss on the prompt's tokens too (quiz question 1). Recorded: about 20 minutes on 2 cores.
+def variant_settings(profile) -> dict:
+    """What decides session 05's variant runs (`ftkit.results.SWEEPS["instruct_variants"]`)."""
+    return {"sizes": sizes(profile), "rank": RANK, "lr LoRA": LR_LORA, "template": "alpaca",
+            "answer words": MAX_ANSWER_WORDS, "epochs": 3,
+            "runs": "LoRA for 3 epochs (validated every 'eval every' steps, best kept); LoRA with loss on the prompt too"}
+
+
+def loss_windows(result) -> list[dict]:
+    """One row per validation of a run: its step and epoch, the validation loss, and the mean training loss over
+    the steps since the previous validation (the same window), so the two curves can be compared point by point."""
+    import numpy as np
+
+    rows, last = [], 0
+    for h in result.eval_history:
+        window = [loss for step, loss in result.loss_history if last < step <= h["step"]]
+        rows.append({"step": h["step"], "epoch": round(h["step"] / result.steps_per_epoch, 3)
+                     if result.steps_per_epoch else None,
+                     "training loss": float(np.mean(window)) if window else None, "validation loss": h["loss"]})
+        last = h["step"]
+    return rows
+
+
+def variant_runs(cfg) -> list[dict]:
+    """Session 05's variant runs, trained by `dolly_lora` on the recorded LoRA run's data (`session_data`), rows by
+    "part":
+
+    * "epochs": LoRA for `variant_settings`' epochs, one row per validation (`loss_windows`): overfitting shows as
+      the validation loss turning up while the training loss keeps falling;
+    * "dolly": that run (its best checkpoint), and the one-epoch LoRA run with the prompt's tokens graded too
+      (`completion_only_loss=False`), scored like the recorded runs (`dolly_scores`; the held-out and validation
+      losses count response tokens only in every row, so the rows compare)."""
+    model, tok = models.load_causal(cfg)
+    d = session_data(tok, cfg)
+    epochs = variant_settings(cfg)["epochs"]
+    long_run = dolly_lora(model, tok, d.train_rows, d.val_rows, cfg, name=f"LoRA, {epochs} epochs", epochs=epochs)
+    rows = [{"part": "epochs", "run": long_run.name, **w} for w in loss_windows(long_run)]
+    rows.append(dolly_scores(long_run.name, long_run.model, tok, d, long_run, **{"epochs": epochs})[0])
+    long_run.model.unload()
+    prompt_too = dolly_lora(model, tok, d.train_rows, d.val_rows, cfg, name="LoRA, loss on the prompt too",
+                            completion_only_loss=False)
+    row = dolly_scores(prompt_too.name, prompt_too.model, tok, d, prompt_too, **{"epochs": 1})[0]
+    # its Trainer's validation loss graded the prompt too; the row keeps the response-only one, as every other row
+    row["validation loss"] = example_loss(response_losses(prompt_too.model, d.val_enc, tok))
+    rows.append(row)
+    prompt_too.model.unload()
     return rows
 
 

@@ -118,6 +118,7 @@ SWEEPS: dict[str, Sweep] = {
     "choose_kshot": Sweep("ftkit.choose:kshot_sweep", "ftkit.choose:kshot_settings"),  # 07
     "choose_medqa": Sweep("ftkit.choose:medqa_sweep", "ftkit.choose:medqa_settings"),  # 07
     "instruct_runs": Sweep("ftkit.instruct:recorded_runs", "ftkit.instruct:recorded_settings"),  # 05
+    "instruct_variants": Sweep("ftkit.instruct:variant_runs", "ftkit.instruct:variant_settings"),  # 05
 }
 
 
