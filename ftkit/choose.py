@@ -411,15 +411,17 @@ def qa_scores(setup: str, answers, rows, sentence_model) -> "pd.DataFrame":  # n
 # minutes on 2 cores. The notebook recomputes the closed-book answers and the losses before LoRA, checks them against
 # the recording, and draws the rest from it.
 def medqa_settings(profile) -> dict:
-    """Everything that decides the medical-QA rows, for a profile (`ftkit.results.SWEEPS["choose_medqa"]`)."""
+    """Everything that decides the medical-QA rows, for a profile (`ftkit.results.SWEEPS["choose_medqa"]`); a
+    profile other than smoke, cpu or gpu is a KeyError. The models are the profile's ("model" records which)."""
     name = profile.name
     return {"model": profile.models["causal"], "sentence model": profile.models["sentence"],
             "test questions": {"smoke": 4, "cpu": 24, "gpu": 120}[name],
             "training pairs": {"smoke": 8, "cpu": 80, "gpu": 1500}[name],
-            "answers per knowledge set": {"smoke": 2, "cpu": 20, "gpu": 60}[name],
+            "answers per knowledge set": {"smoke": 2, "cpu": 20, "gpu": 60}[name], "knowledge seed": 0,
             "max length": {"smoke": 128, "cpu": 160, "gpu": 512}[name],
-            "new tokens": {"smoke": 16, "cpu": 64, "gpu": 160}[name],
-            "top k": 3, "rank": 16, "learning rate": 5e-4, "batch": {"smoke": 4, "cpu": 8, "gpu": 16}[name],
+            "new tokens": {"smoke": 16, "cpu": 64, "gpu": 160}[name], "generation batch": 8,
+            "top k": 3, "rank": 16, "lora alpha": "2 x rank (instruct.sft)", "lora targets": "all-linear (instruct.sft)",
+            "learning rate": 5e-4, "batch": {"smoke": 4, "cpu": 8, "gpu": 16}[name],
             "max steps": {"smoke": 2, "cpu": -1, "gpu": -1}[name], "epochs": 1, "template": "alpaca",
             "rag instruction": RAG_INSTRUCTION,
             "test rows": "medquad_qa test, data.take(n, seed=0)", "training rows": "medquad_qa train, data.take(n, seed=0)",
@@ -452,8 +454,22 @@ def medqa_prompts(index: "AnswerIndex", test_rows, top_k: int) -> tuple[list[dic
     return closed, rag
 
 
+def medqa_base_side(model, tokenizer, qa, test_rows, train_rows, settings: dict) -> dict:
+    """What the base model contributes, recorded and recomputed live alike: its closed-book answers to the test
+    questions, and the `knowledge_sets` (for LoRA on `train_rows`) with each answer's loss before LoRA.
+    {"closed book": [answer, ...], "knowledge": {set: rows}, "before": {set: per-answer losses}}."""
+    s = settings
+    knowledge = knowledge_sets(qa["train"], qa["test"], train_rows["id"], n=s["answers per knowledge set"],
+                               seed=s["knowledge seed"])
+    closed = [{"instruction": r["question"]} for r in test_rows]
+    return {"closed book": generate_by_length(model, tokenizer, closed, s["new tokens"], s["generation batch"]),
+            "knowledge": knowledge,
+            "before": {name: answer_losses(model, tokenizer, rows, s["max length"]) for name, rows in knowledge.items()}}
+
+
 def medqa_sweep(cfg, settings: dict | None = None) -> list[dict]:
-    """The medical-QA comparison at `medqa_settings(cfg.profile)` (or `settings`, e.g. smaller), as rows by "part":
+    """The medical-QA comparison at `medqa_settings(cfg.profile)` (or `settings`, e.g. smaller), with cfg's models,
+    as rows by "part":
 
     * "answer": the greedy answer of each setup in `MEDQA_SETUPS` to each test question ("question": its position);
     * "knowledge": per reference answer of each `knowledge_sets` set, its mean token loss before and after LoRA;
@@ -461,23 +477,21 @@ def medqa_sweep(cfg, settings: dict | None = None) -> list[dict]:
     s = settings or medqa_settings(cfg.profile)
     model, tok = models.load_causal(cfg)
     qa, test_rows, train_rows, index_answers = medqa_rows(s)
-    index = AnswerIndex(index_answers, models.load_sentence_model(cfg))
-    closed, rag = medqa_prompts(index, test_rows, s["top k"])
-    answers = {"closed book": generate_by_length(model, tok, closed, s["new tokens"]),
-               "RAG": generate_by_length(model, tok, rag, s["new tokens"])}
-    knowledge = knowledge_sets(qa["train"], qa["test"], train_rows["id"], n=s["answers per knowledge set"])
-    before = {name: answer_losses(model, tok, rows, s["max length"]) for name, rows in knowledge.items()}
+    closed, rag = medqa_prompts(AnswerIndex(index_answers, models.load_sentence_model(cfg)), test_rows, s["top k"])
+    base = medqa_base_side(model, tok, qa, test_rows, train_rows, s)
+    answers = {"closed book": base["closed book"],
+               "RAG": generate_by_length(model, tok, rag, s["new tokens"], s["generation batch"])}
     pairs = [{"instruction": r["question"], "context": "", "response": r["answer"]} for r in train_rows]
     tuned = instruct.sft(model, tok, pairs, cfg, name="LoRA on medical QA", lora_rank=s["rank"],
                          max_length=s["max length"], num_train_epochs=s["epochs"], max_steps=s["max steps"],
                          per_device_train_batch_size=s["batch"], learning_rate=s["learning rate"])
-    after = {name: answer_losses(tuned.model, tok, rows, s["max length"]) for name, rows in knowledge.items()}
-    answers["fine-tuned"] = generate_by_length(tuned.model, tok, closed, s["new tokens"])
-    answers["fine-tuned + RAG"] = generate_by_length(tuned.model, tok, rag, s["new tokens"])
+    after = {name: answer_losses(tuned.model, tok, rows, s["max length"]) for name, rows in base["knowledge"].items()}
+    answers["fine-tuned"] = generate_by_length(tuned.model, tok, closed, s["new tokens"], s["generation batch"])
+    answers["fine-tuned + RAG"] = generate_by_length(tuned.model, tok, rag, s["new tokens"], s["generation batch"])
     rows = [{"part": "answer", "setup": setup, "question": i, "answer": a}
             for setup in MEDQA_SETUPS for i, a in enumerate(answers[setup])]
     rows += [{"part": "knowledge", "set": name, "item": i, "loss before": float(b), "loss after": float(a)}
-             for name in knowledge for i, (b, a) in enumerate(zip(before[name], after[name]))]
+             for name in after for i, (b, a) in enumerate(zip(base["before"][name], after[name]))]
     rows.append({"part": "training", "pairs": len(pairs), "seconds": round(tuned.seconds, 1), "steps": tuned.steps,
                  "last logged loss": tuned.loss_history[-1][1] if tuned.loss_history else None})
     return rows

@@ -1241,22 +1241,18 @@ def recorded_runs(cfg) -> list[dict]:
     model, tok = models.load_causal(cfg)
     d = session_data(tok, cfg)
     rows = []
-
-    def dolly_row(run_name, m, result=None, **extra):
-        return dolly_scores(run_name, m, tok, d, result, **extra)
-
     base_val = example_loss(response_losses(model, d.val_enc, tok))
-    row, base_scored = dolly_row("base", model, **{"validation loss": base_val})
+    row, base_scored = dolly_scores("base", model, tok, d, **{"validation loss": base_val})
     rows.append(row)
     base_loss = row["held-out loss"]
     lora = dolly_lora(model, tok, d.train_rows, d.val_rows, cfg)
-    row, scored = dolly_row(lora.name, lora.model, lora, **{"training pairs": len(d.train_rows)})
+    row, scored = dolly_scores(lora.name, lora.model, tok, d, lora, **{"training pairs": len(d.train_rows)})
     rows.append(row)
     plan = plan_data_fix(scored, lora.name, d.train_rows)
     lora.model.unload()
     if plan["error"] is not None:
         retrain = dolly_lora(model, tok, plan["rows"], d.val_rows, cfg, name=f"{lora.name}, data fix")
-        rows.append(dolly_row(retrain.name, retrain.model, retrain, **{
+        rows.append(dolly_scores(retrain.name, retrain.model, tok, d, retrain, **{
             "fixed error": plan["error"], "fix": plan["fix"], "training pairs": len(plan["rows"])})[0])
         retrain.model.unload()
 
@@ -1274,13 +1270,15 @@ def recorded_runs(cfg) -> list[dict]:
     return rows
 
 
-# Two more runs next to the recorded LoRA run, same data and settings: three epochs (overfitting and the best
-# checkpoint), and the loss on the prompt's tokens too (quiz question 1). Recorded: about 20 minutes on 2 cores.
+# Two more runs next to the recorded LoRA run, same data and settings: three times the epochs (overfitting and the
+# best checkpoint), and the loss on the prompt's tokens too (quiz question 1). Recorded: about 25 minutes on 2 cores.
 def variant_settings(profile) -> dict:
-    """What decides session 05's variant runs (`ftkit.results.SWEEPS["instruct_variants"]`)."""
-    return {"sizes": sizes(profile), "rank": RANK, "lr LoRA": LR_LORA, "template": "alpaca",
-            "answer words": MAX_ANSWER_WORDS, "epochs": 3,
-            "runs": "LoRA for 3 epochs (validated every 'eval every' steps, best kept); LoRA with loss on the prompt too"}
+    """What decides session 05's variant runs (`ftkit.results.SWEEPS["instruct_variants"]`): `recorded_settings`'
+    sizes and run settings, and the long run's epochs (three times the profile's)."""
+    shared = {k: v for k, v in recorded_settings(profile).items() if k not in ("fixes", "runs")}
+    return {**shared, "long run epochs": 3 * sizes(profile)["epochs"],
+            "runs": "LoRA for 3x the epochs (validated every 'eval every' steps, best kept); LoRA with loss on the "
+                    "prompt too (the profile's epochs, last checkpoint)"}
 
 
 def loss_windows(result) -> list[dict]:
@@ -1291,8 +1289,7 @@ def loss_windows(result) -> list[dict]:
     rows, last = [], 0
     for h in result.eval_history:
         window = [loss for step, loss in result.loss_history if last < step <= h["step"]]
-        rows.append({"step": h["step"], "epoch": round(h["step"] / result.steps_per_epoch, 3)
-                     if result.steps_per_epoch else None,
+        rows.append({"step": h["step"], "epoch": h["epoch"],
                      "training loss": float(np.mean(window)) if window else None, "validation loss": h["loss"]})
         last = h["step"]
     return rows
@@ -1302,22 +1299,22 @@ def variant_runs(cfg) -> list[dict]:
     """Session 05's variant runs, trained by `dolly_lora` on the recorded LoRA run's data (`session_data`), rows by
     "part":
 
-    * "epochs": LoRA for `variant_settings`' epochs, one row per validation (`loss_windows`): overfitting shows as
-      the validation loss turning up while the training loss keeps falling;
-    * "dolly": that run (its best checkpoint), and the one-epoch LoRA run with the prompt's tokens graded too
-      (`completion_only_loss=False`), scored like the recorded runs (`dolly_scores`; the held-out and validation
-      losses count response tokens only in every row, so the rows compare)."""
+    * "epochs": LoRA for `variant_settings`' long-run epochs, one row per validation (`loss_windows`): over-fitting
+      shows as the validation loss turning up while the training loss keeps falling;
+    * "dolly": that run (its best checkpoint), and LoRA for the profile's epochs with the prompt's tokens graded too
+      (`completion_only_loss=False`), ending at its last step as the recorded LoRA run did (its Trainer's validation
+      loss grades the prompt too, so it chooses no checkpoint). Scored like the recorded runs (`dolly_scores`); the
+      held-out and validation losses count response tokens only in every row, so the rows compare."""
     model, tok = models.load_causal(cfg)
     d = session_data(tok, cfg)
-    epochs = variant_settings(cfg)["epochs"]
+    epochs = variant_settings(cfg)["long run epochs"]
     long_run = dolly_lora(model, tok, d.train_rows, d.val_rows, cfg, name=f"LoRA, {epochs} epochs", epochs=epochs)
     rows = [{"part": "epochs", "run": long_run.name, **w} for w in loss_windows(long_run)]
-    rows.append(dolly_scores(long_run.name, long_run.model, tok, d, long_run, **{"epochs": epochs})[0])
+    rows.append(dolly_scores(long_run.name, long_run.model, tok, d, long_run, epochs=epochs)[0])
     long_run.model.unload()
     prompt_too = dolly_lora(model, tok, d.train_rows, d.val_rows, cfg, name="LoRA, loss on the prompt too",
-                            completion_only_loss=False)
-    row = dolly_scores(prompt_too.name, prompt_too.model, tok, d, prompt_too, **{"epochs": 1})[0]
-    # its Trainer's validation loss graded the prompt too; the row keeps the response-only one, as every other row
+                            completion_only_loss=False, keep_best=False)
+    row = dolly_scores(prompt_too.name, prompt_too.model, tok, d, prompt_too, epochs=d.sizes["epochs"])[0]
     row["validation loss"] = example_loss(response_losses(prompt_too.model, d.val_enc, tok))
     rows.append(row)
     prompt_too.model.unload()

@@ -498,8 +498,11 @@ def test_session_07_prompting_rag_lora_and_the_cost_table(standins):
     answers = choose.medqa_answers(medqa)
     assert list(answers) == list(choose.MEDQA_SETUPS) and all(len(a) == 2 for a in answers.values())
     assert len(choose.qa_scores("RAG", answers["RAG"], qa_test, index.model)) == 2
-    losses = choose.medqa_losses(medqa, "after")    # the knowledge test, on the gpu model
-    assert len(losses) == 3 and all(len(v) == 1 and v[0] > 0 for v in losses.values()), losses
+    before, after = choose.medqa_losses(medqa, "before"), choose.medqa_losses(medqa, "after")   # the knowledge test
+    assert list(before) == list(after) and len(after) == 3, after
+    assert all(len(v) == 1 and v[0] > 0 for v in [*before.values(), *after.values()]), (before, after)
+    trained = [r for r in medqa if r["part"] == "training"]
+    assert len(trained) == 1 and trained[0]["pairs"] == 4 and trained[0]["steps"] == 1, trained
     settings = choose.kshot_settings(cfg.profile)                     # the recorded sweep's rows for this profile
     assert settings["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     sweep_test, sweep_pool = choose.kshot_rows({**settings, "test reviews": 2, "pool": 4})

@@ -651,7 +651,7 @@ def test_rows_as_a_list_of_dicts_are_read_and_a_datasetdict_is_refused(cfg):
 
 def test_loss_windows_pair_each_validation_with_the_training_loss_since_the_previous_one():
     run = train.RunResult("r", {}, 1, 2, 0.0, 0.0, loss_history=[(1, 4.0), (2, 2.0), (3, 3.0), (4, 1.0)],
-                          eval_history=[{"step": 2, "loss": 3.5}, {"step": 4, "loss": 3.7}], steps_per_epoch=2.0)
+                          eval_history=[{"step": 2, "epoch": 1.0, "loss": 3.5}, {"step": 4, "epoch": 2.0, "loss": 3.7}])
     assert instruct.loss_windows(run) == [
         {"step": 2, "epoch": 1.0, "training loss": 3.0, "validation loss": 3.5},
         {"step": 4, "epoch": 2.0, "training loss": 2.0, "validation loss": 3.7}]
