@@ -463,6 +463,76 @@ def adaptation_sweep(cfg) -> list[dict]:
     return rows
 
 
+# --------------------------------------------------------------------------- part 3: does it pay off downstream?
+# Question-type classifiers from the original and the whole-word-adapted encoder, with the same budget, seeds,
+# learning rate and head initialisation: only the encoder weights differ. Per profile: labels per class when they
+# are scarce, training examples when plentiful (None: all), test questions (None: all), seeds, and epochs (None: the
+# profile's steps). Recorded (`python -m ftkit record mlm_downstream`: about 11 minutes on 2 cores, the adaptation
+# included); the notebook trains the first seed's scarce-label pair live and checks it against the recording.
+DOWNSTREAM = {"smoke": {"scarce": 4, "plentiful": 64, "test": 64, "seeds": [0], "epochs scarce": None,
+                        "epochs plentiful": None},
+              "cpu": {"scarce": 8, "plentiful": 1000, "test": 800, "seeds": [0, 1, 2], "epochs scarce": 10,
+                      "epochs plentiful": 2},
+              "gpu": {"scarce": 8, "plentiful": None, "test": None, "seeds": [0, 1, 2, 3, 4], "epochs scarce": 10,
+                      "epochs plentiful": 3}}
+DOWNSTREAM_LR = 1e-4
+ENCODERS = ("original", "adapted (whole word)")
+ADAPTATION_SEED = 42            # the live whole-word run's seed (ftkit.setup's default), so both adapt alike
+
+
+def downstream_settings(profile) -> dict:
+    """What decides part 3's rows (ftkit.results.SWEEPS["mlm_downstream"]), the whole-word adaptation included."""
+    prof = getattr(profile, "profile", profile)
+    return {**DOWNSTREAM[prof.name], "learning rate": DOWNSTREAM_LR, "encoder": prof.models["encoder"],
+            "batch_size": prof.batch_size, "max_steps": prof.max_steps,
+            "adaptation": {"scheme": "whole_word", "probability": ADAPT_PROBABILITY, "epochs": 1.0,
+                           "learning_rate": ADAPT_LR, "seed": ADAPTATION_SEED, "sizes": SIZES[prof.name]},
+            "test rows": "medquad_qtype test, data.take(test, seed=0, stratify='label')",
+            "training rows": "medquad_qtype train, data.take(size, seed=seed, stratify='label')"}
+
+
+def downstream_data(settings: dict):
+    """(medquad_qtype DatasetDict, label names, the test rows every classifier is scored on) for part 3."""
+    qtype = data.load("medquad_qtype")
+    return (qtype, qtype["train"].features["label"].names,
+            data.take(qtype["test"], settings["test"], seed=0, stratify="label"))
+
+
+def downstream_run(cfg, qtype, test_rows, label_names, labels: str, seed: int, encoder: str, state,
+                   settings: dict) -> dict:
+    """One row of part 3: a question-type classifier fine-tuned (`tuning.fine_tune`, every block trained) from the
+    encoder weights `state` (None: the original encoder), on `labels` = "scarce" (settings' labels per class) or
+    "plentiful" training questions drawn with `seed`; its test accuracy and macro-F1."""
+    from datasets import DatasetDict
+
+    from . import tuning
+
+    size = settings["scarce"] * len(label_names) if labels == "scarce" else settings["plentiful"]
+    sample = data.take(qtype["train"], size, seed=seed, stratify="label")
+    encoded, tokenizer = tuning.tokenize(DatasetDict(train=sample, test=test_rows), cfg)
+    scores = tuning.fine_tune(cfg, encoded, tokenizer, label_names, 0, epochs=settings[f"epochs {labels}"],
+                              learning_rate=settings["learning rate"], encoder_state=state, seed=seed,
+                              name=f"{encoder}, {labels}").metrics
+    return {"labels": labels, "train examples": len(sample), "encoder": encoder, "seed": seed,
+            "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+
+
+def downstream_sweep(cfg) -> list[dict]:
+    """Part 3 in full: the whole-word adaptation (as the live run trains it), then a classifier from each encoder
+    for every seed with scarce labels and for the first seed with plentiful ones: one `downstream_run` row each."""
+    s = downstream_settings(cfg)
+    a = s["adaptation"]
+    tokenizer = models.load_tokenizer("encoder", cfg)
+    adapted, _ = adapt(cfg, evaluation_data(cfg, tokenizer)["train"], a["scheme"], a["probability"],
+                       epochs=a["epochs"], learning_rate=a["learning_rate"], max_length=a["sizes"]["max_length"],
+                       seed=a["seed"])
+    states = {"original": None, "adapted (whole word)": encoder_state(adapted)}
+    qtype, names, test_rows = downstream_data(s)
+    return [downstream_run(cfg, qtype, test_rows, names, labels, seed, encoder, states[encoder], s)
+            for labels, seeds in (("scarce", s["seeds"]), ("plentiful", s["seeds"][:1]))
+            for seed in seeds for encoder in ENCODERS]
+
+
 TABLE_COLUMNS = ["medical token top1", "medical word whole-word top1", "general token top1",
                  "general word whole-word top1", "medical pseudo-ppl", "general pseudo-ppl", "medical keep top1",
                  "medical random top1", "first loss", "last loss", "seconds"]

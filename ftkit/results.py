@@ -115,6 +115,7 @@ SWEEPS: dict[str, Sweep] = {
     "lora_alpha": Sweep("ftkit.lora:alpha_sweep", "ftkit.lora:alpha_settings"),  # 06
     "fewshot_curve": Sweep("ftkit.fewshot:curve_sweep", "ftkit.fewshot:curve_settings"),  # 02
     "mlm_adaptation": Sweep("ftkit.mlm:adaptation_sweep", "ftkit.mlm:adaptation_settings"),  # 03
+    "mlm_downstream": Sweep("ftkit.mlm:downstream_sweep", "ftkit.mlm:downstream_settings"),  # 03
     "choose_kshot": Sweep("ftkit.choose:kshot_sweep", "ftkit.choose:kshot_settings"),  # 07
     "choose_medqa": Sweep("ftkit.choose:medqa_sweep", "ftkit.choose:medqa_settings"),  # 07
     "instruct_runs": Sweep("ftkit.instruct:recorded_runs", "ftkit.instruct:recorded_settings"),  # 05

@@ -280,9 +280,7 @@ def test_session_02_setfit_on_the_sentence_model(standins):
 
 
 def test_session_03_random_head_adaptation_and_fill_mask_on_distilbert(standins):
-    from datasets import DatasetDict
-
-    from ftkit import data, mlm, tuning
+    from ftkit import data, mlm
     from ftkit.results import ResultsTable
 
     cfg, _ = standins
@@ -310,11 +308,11 @@ def test_session_03_random_head_adaptation_and_fill_mask_on_distilbert(standins)
     evaluation = {"sets": sets, "probes": probes, "ppl": {"general": texts[:2]}}
     assert mlm.run_row(adapted, tok, evaluation, result, model="adapted")["steps"] == 2
     assert mlm.fill_mask(adapted, tok, "Insulin is made in the [MASK].")[0]
-    qtype = data.load("medquad_qtype")
-    names = qtype["train"].features["label"].names
-    encoded, tok_q = tuning.tokenize(DatasetDict(train=data.take(qtype["train"], 16), test=data.take(qtype["test"], 8)),
-                                     cfg)
-    assert tuning.fine_tune(cfg, encoded, tok_q, names, 0, encoder_state=mlm.encoder_state(adapted)).steps == 2
+    down = {**mlm.downstream_settings(cfg), "scarce": 1, "test": 8, "epochs scarce": None}   # gpu's, made small
+    assert down["encoder"] == "distilbert-base-uncased" and down["seeds"] == [0, 1, 2, 3, 4]
+    qtype, names, test_q = mlm.downstream_data(down)
+    row = mlm.downstream_run(cfg, qtype, test_q, names, "scarce", 0, "adapted", mlm.encoder_state(adapted), down)
+    assert row["train examples"] == len(names) and 0 <= row["accuracy"] <= 1, row
     table = ResultsTable()
     panel_sets = {"medical token": mlm.eval_set(tok, med_heldout[:4], "token"), "general token": sets["general token"]}
     mlm.adaptation_panel(cfg, med_train[:8], panel_sets, table, 1e-4, 32).click(
