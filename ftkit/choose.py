@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from . import instruct, models
+from .env import is_small
+from .train import release_freed_memory
 
 LABEL_WORDS = ("negative", "positive")  # rotten_tomatoes label ids 0 and 1
 
@@ -168,11 +170,14 @@ def label_word_scores(model, tokenizer, prompts, words=LABEL_WORDS, batch_size: 
     shared = shared_prefix_length(tokens) if cache_prefix else 0
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.eval()
+    small = is_small()
     prefix = prefix_cache(model, tokens[0][:shared]) if shared else None
     for batch in batches_by_length([len(t) for t in tokens], batch_size):
         logp = torch.log_softmax(next_token_logits(model, [tokens[i][shared:] for i in batch], pad_id, prefix,
                                                    shared), dim=-1)
         out[batch] = torch.stack([logp[:, i].logsumexp(-1) for i in ids], dim=1).cpu().numpy()
+        if small:           # hand the batch's freed buffers back (glibc keeps them), so RSS stays at the floor
+            release_freed_memory()
     return out
 
 
@@ -272,6 +277,8 @@ class AnswerIndex:
             return
         self.vectors = sentence_model.encode(self.answers, batch_size=batch_size, convert_to_numpy=True,
                                              normalize_embeddings=True)
+        if is_small():
+            release_freed_memory()      # the encoding's freed activations, back to the OS before the LM runs again
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp")

@@ -290,3 +290,14 @@ def test_counted_costs_count_what_the_kernel_holds_and_measure_nothing(cfg, caus
     assert row["to load MB"] is None and row["fine-tune full MB"] is None and row["fine-tune LoRA MB"] is None
     assert "not measured" in row["setting"] and "not measured" in row["memory measured"]
     assert row["checkpoint dtype"] == "float32" and row["model"] == "SmolLM2-135M-Instruct"
+
+
+def test_on_a_small_machine_each_scoring_batch_hands_its_freed_memory_back(causal, monkeypatch):
+    model, tok = causal
+    prompts = [instruct.prompt({"instruction": f"Review {i}: fine."}) for i in range(5)]
+    plain = choose.label_word_scores(model, tok, prompts, batch_size=2)
+    released = []
+    monkeypatch.setattr(choose, "is_small", lambda: True)
+    monkeypatch.setattr(choose, "release_freed_memory", lambda: released.append(1))
+    assert np.allclose(choose.label_word_scores(model, tok, prompts, batch_size=2), plain, atol=1e-5)
+    assert len(released) == 3           # 5 prompts in batches of 2
