@@ -353,8 +353,10 @@ class BandCheck:
 
     def __str__(self):
         where = ", ".join(f"{k}={v}" for k, v in self.point.items())
-        return (f"{self.column} at {where}: live {self.live:.3f}, recorded {self.low:.3f}..{self.high:.3f} over "
-                f"{self.runs} runs (tolerance {self.tolerance:g}): {'inside' if self.ok else 'OUTSIDE'} the band")
+        recorded = (f"recorded {self.low:.3f} in 1 run" if self.runs == 1 else
+                    f"recorded {self.low:.3f}..{self.high:.3f} over {self.runs} runs")
+        return (f"{self.column} at {where}: live {self.live:.3f}, {recorded} (tolerance {self.tolerance:g}): "
+                f"{'inside' if self.ok else 'OUTSIDE'} the band")
 
 
 def band(rows, column: str, **point) -> tuple[float, float, int]:

@@ -175,6 +175,8 @@ def test_a_live_point_is_checked_against_the_recorded_band():
     assert inside and (inside.low, inside.high, inside.runs) == (0.60, 0.64, 3)
     assert str(inside) == ("accuracy at method=SetFit, K=8: live 0.630, recorded 0.600..0.640 over 3 runs "
                            "(tolerance 0): inside the band")
+    single = results.in_band(0.66, [{"K": 4, "accuracy": 0.65}], "accuracy", tolerance=0.02, K=4)
+    assert str(single) == "accuracy at K=4: live 0.660, recorded 0.650 in 1 run (tolerance 0.02): inside the band"
     below = results.in_band(0.58, ROWS, "accuracy", tolerance=0.01, method="SetFit", K=8)
     assert not below and "OUTSIDE" in str(below)
     assert results.in_band(0.58, ROWS, "accuracy", tolerance=0.02, method="SetFit", K=8)
