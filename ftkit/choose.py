@@ -456,9 +456,13 @@ MEDQA_SETUPS = ("closed book", "RAG", "fine-tuned", "fine-tuned + RAG")
 def medqa_prompts(index: "AnswerIndex", test_rows, top_k: int) -> tuple[list[dict], list[dict]]:
     """(closed-book rows, RAG rows): the same questions alone, and with their top_k retrieved passages."""
     questions = [r["question"] for r in test_rows]
-    closed = [{"instruction": q} for q in questions]
     rag = [rag_row(q, [index.answers[i] for i, _ in hits]) for q, hits in zip(questions, index.search(questions, top_k))]
-    return closed, rag
+    return closed_book_rows(test_rows), rag
+
+
+def closed_book_rows(test_rows) -> list[dict]:
+    """The test questions alone, as instruction rows: what the model answers from its weights."""
+    return [{"instruction": r["question"]} for r in test_rows]
 
 
 def medqa_base_side(model, tokenizer, qa, test_rows, train_rows, settings: dict) -> dict:
@@ -468,8 +472,8 @@ def medqa_base_side(model, tokenizer, qa, test_rows, train_rows, settings: dict)
     s = settings
     knowledge = knowledge_sets(qa["train"], qa["test"], train_rows["id"], n=s["answers per knowledge set"],
                                seed=s["knowledge seed"])
-    closed = [{"instruction": r["question"]} for r in test_rows]
-    return {"closed book": generate_by_length(model, tokenizer, closed, s["new tokens"], s["generation batch"]),
+    return {"closed book": generate_by_length(model, tokenizer, closed_book_rows(test_rows), s["new tokens"],
+                                              s["generation batch"]),
             "knowledge": knowledge,
             "before": {name: answer_losses(model, tokenizer, rows, s["max length"]) for name, rows in knowledge.items()}}
 
