@@ -368,10 +368,11 @@ def batch_per_pass(cfg, micro_batch: int = SMALL_MEMORY_MICRO_BATCH) -> int:
 
 
 def training_args(cfg, output_dir: str | None = None, args_class=None, micro_batch: int = SMALL_MEMORY_MICRO_BATCH,
-                  **overrides):
+                  eval_micro_batch: int | None = None, **overrides):
     """TrainingArguments (or a subclass such as trl's SFTConfig) from the profile: batch size,
     epochs/max steps, learning rate, seed. On a small-memory machine (`cfg.small_memory`) the batch is split
-    into micro-batches of at most `micro_batch` (see `small_memory_batches`)."""
+    into micro-batches of at most `micro_batch`, and evaluation takes at most `eval_micro_batch` (default:
+    `micro_batch`) rows at a time (see `small_memory_batches`)."""
     from transformers import TrainingArguments
 
     profile = getattr(cfg, "profile", cfg)
@@ -397,13 +398,15 @@ def training_args(cfg, output_dir: str | None = None, args_class=None, micro_bat
     )
     args.update(overrides)
     if getattr(cfg, "small_memory", False):
-        args = small_memory_batches(args, micro_batch)
+        args = small_memory_batches(args, micro_batch, eval_micro_batch)
     return (args_class or TrainingArguments)(**args)
 
 
-def small_memory_batches(args: dict, micro_batch: int = SMALL_MEMORY_MICRO_BATCH) -> dict:
+def small_memory_batches(args: dict, micro_batch: int = SMALL_MEMORY_MICRO_BATCH,
+                         eval_micro_batch: int | None = None) -> dict:
     """The same optimizer steps in smaller pieces: a batch of 32 becomes 4 micro-batches of 8 whose gradients
-    are summed before the update (gradient accumulation), and evaluation runs `micro_batch` at a time.
+    are summed before the update (gradient accumulation), and evaluation runs `eval_micro_batch` (default:
+    `micro_batch`) at a time.
 
     Why: activations, and for a language model the vocabulary-sized logits, grow with the batch; the weights,
     gradients and optimizer state do not. Learning rate, examples per update and number of updates stay the same.
@@ -418,7 +421,7 @@ def small_memory_batches(args: dict, micro_batch: int = SMALL_MEMORY_MICRO_BATCH
     if batch > micro_batch:
         pieces = next(n for n in range(-(-batch // micro_batch), batch + 1) if batch % n == 0)  # equal pieces
         args.update(per_device_train_batch_size=batch // pieces, gradient_accumulation_steps=accumulate * pieces)
-    args["per_device_eval_batch_size"] = min(args["per_device_eval_batch_size"], micro_batch)
+    args["per_device_eval_batch_size"] = min(args["per_device_eval_batch_size"], eval_micro_batch or micro_batch)
     return args
 
 

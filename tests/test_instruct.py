@@ -465,6 +465,29 @@ def test_response_losses_add_up_to_the_held_out_loss_and_the_example_mean(causal
         instruct.example_loss([(0.0, 0)])
 
 
+def test_validation_loss_is_the_mean_of_each_rows_mean_whatever_the_evaluation_batch(cfg, causal):
+    """sft's Trainer scores validation rows several at a time and still reports the mean over rows of each row's mean
+    response-token loss (`example_loss`, as one row at a time gives it), unlike trl's own token mean per batch."""
+    from trl import SFTConfig, SFTTrainer
+
+    model, tok = causal
+    rows = data.load("dolly")["test"].select(range(6))
+    expected = instruct.example_loss(instruct.response_losses(model, instruct.tokenize_instructions(rows, tok, 96), tok,
+                                                              batch_size=1))
+    ds = instruct.sft_dataset(rows)
+
+    def eval_loss(trainer_class, batch):
+        args = train.training_args(cfg, args_class=SFTConfig, max_length=96, completion_only_loss=True,
+                                   per_device_eval_batch_size=batch)
+        trainer = trainer_class(model=model, processing_class=tok, train_dataset=ds, eval_dataset=ds, args=args)
+        return trainer.evaluate()["eval_loss"]
+
+    ours = [eval_loss(instruct.example_loss_trainer(), batch) for batch in (1, 4, 6)]
+    assert ours == pytest.approx([expected] * 3, rel=1e-4)
+    assert eval_loss(SFTTrainer, 1) == pytest.approx(expected, rel=1e-4)      # trl agrees one row at a time ...
+    assert eval_loss(SFTTrainer, 6) != pytest.approx(expected, rel=1e-3)      # ... not with six: a token mean
+
+
 def test_generation_keeps_the_order_of_the_prompts_when_it_batches_them_by_length(causal):
     model, tok = causal
     prompts = ["Hi", "Count to ten, slowly and carefully, one number per line:", "One two", "Say yes:"]
