@@ -1275,6 +1275,62 @@ def dolly_scores(name: str, model, tokenizer, d, result=None, **extra):
     return row, scored
 
 
+# The base model's side of section 3 (its held-out and validation losses per row, its answers to the holdout
+# instructions): the same for every learner, so recorded (`python -m ftkit record instruct_base`, about 2 minutes on
+# 2 cores) and checked in the notebook on a few rows, regenerated and rescored.
+def base_settings(profile) -> dict:
+    """What decides the base model's recorded side (`ftkit.results.SWEEPS["instruct_base"]`)."""
+    p = getattr(profile, "profile", profile)
+    S = sizes(profile)
+    return {"model": p.models["causal"], "template": "alpaca", "answer words": MAX_ANSWER_WORDS,
+            **{k: S[k] for k in ("train pairs", "validation pairs", "loss pairs", "answers", "max length", "new tokens")}}
+
+
+def base_side(cfg) -> list[dict]:
+    """The base model's side, one row each: "held-out" and "validation" rows (`response_losses`: loss sum and
+    tokens per row) and "answer" rows (`generate`'s greedy answer to each of `session_data`'s holdout instructions)."""
+    model, tok = models.load_causal(cfg)
+    d = session_data(tok, cfg)
+    rows = [{"part": part, "row": i, "loss sum": l, "tokens": n}
+            for part, split in (("held-out", d.holdout), ("validation", d.val_enc))
+            for i, (l, n) in enumerate(response_losses(model, split, tok))]
+    answers = generate(model, tok, d.eval_rows, d.sizes["new tokens"])
+    return rows + [{"part": "answer", "row": i, "instruction": r["instruction"], "answer": a}
+                   for i, (r, a) in enumerate(zip(d.eval_rows, answers))]
+
+
+def recorded_base_side(recorded):
+    """`base_side`'s rows read back: `.losses` and `.validation_losses` ([(loss sum, tokens)] per row, as
+    `response_losses` gives them) and `.answers` (one per holdout instruction, in order)."""
+    from types import SimpleNamespace
+
+    def part(name, *keys):
+        rows = sorted((r for r in recorded if r["part"] == name), key=lambda r: r["row"])
+        return [tuple(r[k] for k in keys) if len(keys) > 1 else r[keys[0]] for r in rows]
+
+    return SimpleNamespace(losses=part("held-out", "loss sum", "tokens"),
+                           validation_losses=part("validation", "loss sum", "tokens"), answers=part("answer", "answer"),
+                           instructions=part("answer", "instruction"))
+
+
+def check_base_side(model, tokenizer, base, holdout, eval_rows, new_tokens: int, rows: int = 4) -> dict:
+    """The recorded base side against the base `model` now: the `rows` shortest holdout instructions answered again
+    (one batch, as the recording's last) and the first `rows` holdout rows scored again. A ValueError if the
+    recording answered other instructions."""
+    if base.instructions != [r["instruction"] for r in eval_rows]:
+        raise ValueError("the recorded base answers are for other instructions than eval_rows; record instruct_base "
+                         "again, or start with ftkit.setup(live=True)")
+    lengths = [len(tokenizer(render(r, tokenizer), add_special_tokens=False)["input_ids"]) for r in eval_rows]
+    shortest = sorted(range(len(eval_rows)), key=lambda i: -lengths[i])[-rows:]     # `complete`'s order, its end
+    again = generate(model, tokenizer, [eval_rows[i] for i in shortest], new_tokens)
+    same = sum(a == base.answers[i] for a, i in zip(again, shortest))
+    losses = response_losses(model, holdout.select(range(min(rows, len(holdout)))), tokenizer)
+    gap = max(abs(l / n - r / m) for (l, n), (r, m) in zip(losses, base.losses) if n and m)
+    return {"answers identical": same, "answers checked": len(shortest), "largest loss gap": gap,
+            "line": f"base side: {same} of {len(shortest)} answers identical to the recording; loss per token within "
+                    f"{gap:.1e} on {len(losses)} rows"}
+
+
 def recorded_runs(cfg) -> list[dict]:
     """Session 05's longer runs, trained by the functions the notebook calls (`python -m ftkit record instruct_runs`).
 

@@ -521,7 +521,7 @@ def training_panel(cfg, encoded, tokenizer, label_names, table, depth: int, lear
 
     def run(n_frozen, epochs):
         result, _ = train_tagger(cfg, encoded, tokenizer, label_names, n_frozen, epochs, learning_rate=learning_rate,
-                                 name=f"{n_frozen} of {depth} blocks frozen, {epochs} ep, lr {learning_rate:g}")
+                                 name=frozen_name(n_frozen, depth, epochs, learning_rate))
         table.add(result)
         return result.numbers_only()
 
@@ -531,3 +531,48 @@ def training_panel(cfg, encoded, tokenizer, label_names, table, depth: int, lear
     controls = {"n_frozen": widgets.int_slider(0, 0, depth, "frozen blocks"),
                 "epochs": widgets.float_slider(float(epochs or cfg.epochs), 0.5, 8.0, "epochs", step=0.5)}
     return widgets.Panel(run, controls, plot=plot, title="Train the tagger")
+
+
+# --------------------------------------------------------------------------- section 6's frozen run, recorded
+# The main run's settings (section 4), and section 6's run that freezes FROZEN_BLOCKS of the 6 blocks and changes
+# nothing else. Recorded (`python -m ftkit record ner_frozen`: about 4 minutes on 2 cores); the notebook draws it from
+# the recording at the main run's defaults and trains it only when a setting differs.
+MAIN_RUN = {"dataset": "wikigold", "align mode": "first", "max length": 128,
+            "epochs": {"smoke": None, "cpu": 4, "gpu": 4}, "learning rate": {"smoke": 1e-4, "cpu": 1e-4, "gpu": 5e-5}}
+FROZEN_BLOCKS = 4
+
+
+def frozen_settings(profile) -> dict:
+    """What decides section 6's recorded frozen run (`ftkit.results.SWEEPS["ner_frozen"]`), from the profile alone."""
+    p = getattr(profile, "profile", profile)
+    return {"dataset": MAIN_RUN["dataset"], "align mode": MAIN_RUN["align mode"], "max length": MAIN_RUN["max length"],
+            "epochs": MAIN_RUN["epochs"][p.name], "learning rate": MAIN_RUN["learning rate"][p.name],
+            "frozen blocks": FROZEN_BLOCKS, "encoder": p.models["encoder"], "train_size": p.train_size,
+            "eval_size": p.eval_size, "batch_size": p.batch_size, "max_steps": p.max_steps,
+            "split": "data.for_profile(data.load(dataset), cfg, stratify=None)"}
+
+
+def frozen_name(n_frozen: int, depth: int, epochs, learning_rate: float) -> str:
+    """The run's name in section 6's table (the panel's runs are named alike)."""
+    return f"{n_frozen} of {depth} blocks frozen, {epochs} ep, lr {learning_rate:g}"
+
+
+def frozen_sweep(cfg) -> list[dict]:
+    """Section 6's frozen run at the main run's settings: one row, the run's table row and, under "run", the whole
+    run without its model (`RunResult.to_record`)."""
+    from . import data, models, train
+
+    s = frozen_settings(cfg)
+    types = list(data.DATASETS[s["dataset"]].entity_types)
+    label_names = label_list(types)
+    ds = data.for_profile(data.load(s["dataset"]), cfg, stratify=None)
+    tokenizer = models.load_tokenizer("encoder", cfg)
+    encoded = tokenize_and_align(ds, tokenizer, {l: i for i, l in enumerate(label_names)}, mode=s["align mode"],
+                                 max_length=s["max length"])
+    depth = len(train.find_blocks(models.load_token_classifier(label_names, cfg))[1])
+    epochs = float(s["epochs"] or cfg.epochs)
+    result, _ = train_tagger(cfg, encoded, tokenizer, label_names, s["frozen blocks"], epochs,
+                             learning_rate=s["learning rate"],
+                             name=frozen_name(s["frozen blocks"], depth, epochs, s["learning rate"]))
+    result.numbers_only()
+    return [{**result.row(), "run": result.to_record()}]

@@ -374,9 +374,8 @@ def save_outputs(out: Path, result, tokenizer, cfg) -> None:
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(model_dir, ignore_errors=True)
     os.replace(tmp, model_dir)
-    fields = {k: v for k, v in asdict(replace(result, model=None)).items() if k != "model"}
-    fields["profile"] = cfg.profile.name
-    write_atomic(out / "metrics.json", json.dumps(fields, indent=1, default=str))
+    write_atomic(out / "metrics.json", json.dumps({**result.to_record(), "profile": cfg.profile.name}, indent=1,
+                                                  default=str))
 
 
 def main(argv=None) -> int:

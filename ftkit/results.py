@@ -111,6 +111,8 @@ class Sweep:
 # The registry: one line per sweep, e.g.
 #     "fewshot_curve": Sweep("ftkit.fewshot:curve_sweep", "ftkit.fewshot:curve_settings"),
 SWEEPS: dict[str, Sweep] = {
+    "tuning_freezing": Sweep("ftkit.tuning:freezing_sweep", "ftkit.tuning:freezing_settings"),  # 01
+    "ner_frozen": Sweep("ftkit.ner:frozen_sweep", "ftkit.ner:frozen_settings"),  # 04
     "lora_classifiers": Sweep("ftkit.lora:classifier_sweep", "ftkit.lora:classifier_settings"),  # 06
     "lora_alpha": Sweep("ftkit.lora:alpha_sweep", "ftkit.lora:alpha_settings"),  # 06
     "fewshot_curve": Sweep("ftkit.fewshot:curve_sweep", "ftkit.fewshot:curve_settings"),  # 02
@@ -118,6 +120,7 @@ SWEEPS: dict[str, Sweep] = {
     "mlm_downstream": Sweep("ftkit.mlm:downstream_sweep", "ftkit.mlm:downstream_settings"),  # 03
     "choose_kshot": Sweep("ftkit.choose:kshot_sweep", "ftkit.choose:kshot_settings"),  # 07
     "choose_medqa": Sweep("ftkit.choose:medqa_sweep", "ftkit.choose:medqa_settings"),  # 07
+    "instruct_base": Sweep("ftkit.instruct:base_side", "ftkit.instruct:base_settings"),  # 05
     "instruct_runs": Sweep("ftkit.instruct:recorded_runs", "ftkit.instruct:recorded_settings"),  # 05
     "instruct_variants": Sweep("ftkit.instruct:variant_runs", "ftkit.instruct:variant_settings"),  # 05
 }

@@ -6,7 +6,7 @@ import tempfile
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 BLOCK_LIST_NAMES = ("layer", "layers", "h", "block", "blocks")  # BERT, Llama, GPT-2, T5 ...
 EMBEDDING_MARKERS = ("embeddings", "embed_tokens", "wte", "wpe", "shared")
@@ -182,6 +182,20 @@ class RunResult:
         alive (90 MB for MiniLM), and a learner who clicks ten times on Binder's 2 GB loses the kernel."""
         self.model = None
         return self
+
+    def to_record(self) -> dict:
+        """Everything but the model, JSON-able: what a recorded sweep keeps of a run (`from_record` reads it back)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "RunResult":
+        """A run read back from `to_record`'s dict (e.g. a recorded sweep's row), without a model. Histories come
+        back as lists of [step, value] pairs."""
+        names = {f.name for f in fields(cls)} - {"model"}
+        missing = {"name", "metrics", "trainable_params", "total_params", "seconds", "peak_mem_mb"} - set(record)
+        if missing:
+            raise ValueError(f"not a recorded run: it lacks {sorted(missing)} (write it with RunResult.to_record)")
+        return cls(**{k: v for k, v in record.items() if k in names})
 
     def row(self) -> dict:
         return {"setup": self.name, **{k: v for k, v in self.metrics.items() if isinstance(v, (int, float))},

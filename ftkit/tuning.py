@@ -207,6 +207,70 @@ def kept_validation(result) -> dict:
     return next(h for h in result.eval_history if h["step"] == result.best_step)
 
 
+# --------------------------------------------------------------------------- Part 2's three runs, recorded
+# Head only, the last 2 blocks and every block, each scored on VALIDATION_SENTENCES validation sentences every half
+# epoch and ending on its best checkpoint, the learning rate warming up over the first WARMUP of the steps. Recorded
+# (`python -m ftkit record tuning_freezing`: about 9 minutes on 2 cores); the notebook trains the full run live (Part 3
+# draws its curves), checks it against the recording, and draws the other two from it.
+VALIDATION_SENTENCES = 500
+WARMUP = 0.1
+
+
+def watched_run(cfg, encoded, tokenizer, label_names, n_frozen: int, validation, warmup: float = WARMUP,
+                **arg_overrides) -> train.RunResult:
+    """One of Part 2's runs: `fine_tune` with `n_frozen` blocks frozen, scored on `validation` every half epoch,
+    ending on the checkpoint of its lowest validation loss, warming up over the first `warmup` of the steps."""
+    steps_per_epoch = -(-len(encoded["train"]) // cfg.batch_size)
+    return fine_tune(cfg, encoded, tokenizer, label_names, n_frozen, validation=validation,
+                     eval_every=max(1, steps_per_epoch // 2), keep_best=True, warmup_steps=warmup, **arg_overrides)
+
+
+def freezing_settings(profile) -> dict:
+    """What decides Part 2's recorded runs (`ftkit.results.SWEEPS["tuning_freezing"]`), from the profile alone."""
+    p = getattr(profile, "profile", profile)
+    return {"data": "rotten_tomatoes (data.for_profile)", "encoder": p.models["encoder"], "train_size": p.train_size,
+            "eval_size": p.eval_size, "epochs": p.epochs, "max_steps": p.max_steps, "batch_size": p.batch_size,
+            "max_length": p.max_length, "learning_rate": p.learning_rate, "frozen blocks": "depth, depth - 2, 0",
+            "validation sentences": VALIDATION_SENTENCES, "eval every": "half an epoch", "warm-up": WARMUP,
+            "keep best": True}
+
+
+def freezing_sweep(cfg) -> list[dict]:
+    """Part 2 in full: head only, last 2 and full, one row each: the run's table row (`RunResult.row`) and, under
+    "run", the whole run without its model (`RunResult.to_record`: histories, best step) to draw its curves."""
+    rt = data.for_profile(data.load("rotten_tomatoes"), cfg)
+    label_names = rt["train"].features["label"].names
+    encoded, tokenizer = tokenize(rt, cfg)
+    validation = validation_subset(encoded, VALIDATION_SENTENCES)
+    depth = len(train.find_blocks(models.load_classifier(label_names, cfg))[1])
+    rows = []
+    for n_frozen in (depth, depth - 2, 0):
+        run = watched_run(cfg, encoded, tokenizer, label_names, n_frozen, validation).numbers_only()
+        rows.append({**run.row(), "validation sentences": len(validation), "run": run.to_record()})
+    return rows
+
+
+def freezing_runs(cfg, encoded, tokenizer, label_names, validation, depth: int, warmup: float, recorded) -> dict:
+    """Part 2's runs by name ("head only", "last 2", "full"): the full run trained now, the other two read from
+    `recorded` (`results.sweep_rows("tuning_freezing", cfg)`) when it was made with the same warm-up and number of
+    validation sentences, else trained now too (said in a printed line). Each run's `extra["run"]` says which."""
+    runs = {}
+    for n_frozen in (depth, depth - 2, 0):
+        name = setup_name(n_frozen, depth)
+        row = next((r for r in recorded if r["setup"] == name), None)
+        same = row is not None and warmup == WARMUP and row["validation sentences"] == len(validation)
+        if n_frozen and not same:
+            print(f"{name}: the recording used warm-up {WARMUP} and {row['validation sentences'] if row else '?'} "
+                  f"validation sentences; training it now with yours")
+        if n_frozen and same:
+            run = train.RunResult.from_record(row["run"])
+        else:
+            run = watched_run(cfg, encoded, tokenizer, label_names, n_frozen, validation, warmup)
+        run.extra["run"] = "recorded" if n_frozen and same else "trained now"
+        runs[name] = run
+    return runs
+
+
 def ablation_panel(cfg, encoded, tokenizer, label_names, table, depth: int, validation=None, **arg_overrides):
     """Widgets for the frozen-layers ablation: every Run adds a row to `table` and redraws the chart.
 
