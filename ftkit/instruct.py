@@ -436,9 +436,10 @@ def example_loss_trainer():
             batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels") if k in inputs}
             with torch.no_grad(), self.compute_loss_context_manager():
                 losses, counts = graded_token_losses(model, {**batch, "use_cache": False})
-            # The Trainer repeats this once per row of the batch before it averages: the mean over rows overall.
-            # Every row has a graded token: trl drops the rows that have none.
-            return (losses / counts.clamp(min=1)).mean().detach(), None, None
+            # One loss per row: the Trainer repeats each the same number of times (its eval batch size, even for a
+            # short last batch) before it averages, so the result is the mean over rows. Every row has a graded
+            # token: trl drops the rows that have none.
+            return (losses / counts.clamp(min=1)).detach(), None, None
 
     return ExampleLossSFTTrainer
 
@@ -520,6 +521,13 @@ def generate(model, tokenizer, rows, max_new_tokens: int = 48, template: str = "
 SMALL_MEMORY_GENERATE_BATCH = 4
 
 
+def longest_first(tokenizer, texts) -> list[int]:
+    """The indices of `texts`, longest prompt first (ties keep their order): the order `complete` answers them in,
+    batch by batch, so its last batch holds the shortest prompts."""
+    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
+    return sorted(range(len(texts)), key=lambda i: -lengths[i])
+
+
 def complete(model, tokenizer, texts, max_new_tokens: int = 48, batch_size: int = 8, **generate_kwargs) -> list[str]:
     """Greedy continuations of raw prompt texts (left padding, so every row ends where generation starts), in the
     order of `texts`. Prompts are batched by length (longest first), so a batch pads little; `generate_kwargs` go to
@@ -532,8 +540,7 @@ def complete(model, tokenizer, texts, max_new_tokens: int = 48, batch_size: int 
         batch_size = min(batch_size, SMALL_MEMORY_GENERATE_BATCH)
     model.eval()
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]] if texts else []
-    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    order = longest_first(tokenizer, texts)
     outs = {}
     try:
         for start in range(0, len(order), batch_size):
@@ -828,25 +835,49 @@ def parse_sentiment(answer: str) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def sentiment_accuracy(model, tokenizer, rows, template: str = "alpaca") -> dict:
-    """Accuracy of the generated, parsed label; an unparsed answer counts as wrong and is reported."""
+def sentiment_answers(model, tokenizer, rows, template: str = "alpaca") -> list[str]:
+    """The model's greedy answers (8 new tokens) to sentiment instructions (`sentiment_instructions`)."""
     rows = list(rows)
     if not rows:
         raise ValueError("no sentiment rows to score")
-    parsed = [parse_sentiment(a) for a in generate(model, tokenizer, rows, max_new_tokens=8, template=template,
-                                                     batch_size=16)]
+    return generate(model, tokenizer, rows, max_new_tokens=8, template=template, batch_size=16)
+
+
+def sentiment_scores(answers, rows) -> dict:
+    """Accuracy of the parsed labels of `answers` against `rows`' responses; an unparsed answer counts as wrong and
+    is reported."""
+    rows = list(rows)
+    if not rows or len(answers) != len(rows):
+        raise ValueError(f"{len(answers)} answers for {len(rows)} sentiment rows; need one per row, and some rows")
+    parsed = [parse_sentiment(a) for a in answers]
     right = sum(p == r["response"] for p, r in zip(parsed, rows))
     return {"task accuracy": right / len(rows), "task unparsed": sum(p is None for p in parsed)}
 
 
-def general_accuracy(model, tokenizer, template: str = "alpaca", questions=GENERAL_QUESTIONS) -> dict:
-    """Share of the general questions whose generated answer contains an accepted answer."""
+def sentiment_accuracy(model, tokenizer, rows, template: str = "alpaca") -> dict:
+    """`sentiment_scores` of the model's `sentiment_answers`."""
+    return sentiment_scores(sentiment_answers(model, tokenizer, rows, template), rows)
+
+
+def general_answers(model, tokenizer, template: str = "alpaca", questions=GENERAL_QUESTIONS) -> list[str]:
+    """The model's greedy answers (16 new tokens) to general questions ((question, accepted answers) pairs)."""
     if not questions:
         raise ValueError("no questions to ask")
-    answers = generate(model, tokenizer, [{"instruction": q} for q, _ in questions], max_new_tokens=16,
-                       template=template, batch_size=10)
+    return generate(model, tokenizer, [{"instruction": q} for q, _ in questions], max_new_tokens=16,
+                    template=template, batch_size=10)
+
+
+def general_scores(answers, questions=GENERAL_QUESTIONS) -> dict:
+    """Share of `answers` that contain an accepted answer to their question."""
+    if not questions or len(answers) != len(questions):
+        raise ValueError(f"{len(answers)} answers for {len(questions)} questions; need one per question, and some")
     hits = [any(re.search(rf"\b{re.escape(k)}\b", a.lower()) for k in keys) for a, (_, keys) in zip(answers, questions)]
-    return {"general QA": sum(hits) / len(hits), "answers": answers}
+    return {"general QA": sum(hits) / len(hits), "answers": list(answers)}
+
+
+def general_accuracy(model, tokenizer, template: str = "alpaca", questions=GENERAL_QUESTIONS) -> dict:
+    """`general_scores` of the model's `general_answers`."""
+    return general_scores(general_answers(model, tokenizer, template, questions), questions)
 
 
 def forgetting_check(tokenizer, task_rows, holdout, template: str = "alpaca", stop_at: float | None = None,
@@ -1275,60 +1306,131 @@ def dolly_scores(name: str, model, tokenizer, d, result=None, **extra):
     return row, scored
 
 
-# The base model's side of section 3 (its held-out and validation losses per row, its answers to the holdout
-# instructions): the same for every learner, so recorded (`python -m ftkit record instruct_base`, about 2 minutes on
-# 2 cores) and checked in the notebook on a few rows, regenerated and rescored.
+# The untrained model's side: section 1's template check (its answers to the sentiment probe and the general
+# questions, per template) and section 3's base row (its held-out and validation losses per row, its answers to the
+# holdout instructions). The same for every learner, so recorded (`python -m ftkit record instruct_base`, about 4
+# minutes on 2 cores) and checked in the notebook on a few rows, answered and scored again.
 def base_settings(profile) -> dict:
     """What decides the base model's recorded side (`ftkit.results.SWEEPS["instruct_base"]`)."""
     p = getattr(profile, "profile", profile)
     S = sizes(profile)
     return {"model": p.models["causal"], "template": "alpaca", "answer words": MAX_ANSWER_WORDS,
-            **{k: S[k] for k in ("train pairs", "validation pairs", "loss pairs", "answers", "max length", "new tokens")}}
+            "templates": list(TEMPLATES),
+            **{k: S[k] for k in ("train pairs", "validation pairs", "loss pairs", "answers", "max length", "new tokens",
+                                 "task validation", "general questions")}}
 
 
 def base_side(cfg) -> list[dict]:
     """The base model's side, one row each: "held-out" and "validation" rows (`response_losses`: loss sum and
-    tokens per row) and "answer" rows (`generate`'s greedy answer to each of `session_data`'s holdout instructions)."""
+    tokens per row), "answer" rows (`generate`'s greedy answer to each of `session_data`'s holdout instructions), and
+    section 1's template check: per template, "sentiment" rows (`sentiment_answers` to the validation reviews) and
+    "general" rows (`general_answers`)."""
     model, tok = models.load_causal(cfg)
     d = session_data(tok, cfg)
     rows = [{"part": part, "row": i, "loss sum": l, "tokens": n}
             for part, split in (("held-out", d.holdout), ("validation", d.val_enc))
             for i, (l, n) in enumerate(response_losses(model, split, tok))]
     answers = generate(model, tok, d.eval_rows, d.sizes["new tokens"])
-    return rows + [{"part": "answer", "row": i, "instruction": r["instruction"], "answer": a}
-                   for i, (r, a) in enumerate(zip(d.eval_rows, answers))]
+    rows += [{"part": "answer", "row": i, "instruction": r["instruction"], "answer": a}
+             for i, (r, a) in enumerate(zip(d.eval_rows, answers))]
+    for template in TEMPLATES:
+        rows += [{"part": "sentiment", "template": template, "row": i, "answer": a}
+                 for i, a in enumerate(sentiment_answers(model, tok, d.task.probe, template))]
+        rows += [{"part": "general", "template": template, "row": i, "answer": a}
+                 for i, a in enumerate(general_answers(model, tok, template, d.task.questions))]
+    return rows
 
 
 def recorded_base_side(recorded):
-    """`base_side`'s rows read back: `.losses` and `.validation_losses` ([(loss sum, tokens)] per row, as
-    `response_losses` gives them) and `.answers` (one per holdout instruction, in order)."""
+    """`base_side`'s rows (`results.sweep_rows("instruct_base", cfg)`) read back: `.losses` and `.validation_losses`
+    ([(loss sum, tokens)] per row, as `response_losses` gives them), `.answers` and `.instructions` (one per holdout
+    instruction, in order), `.sentiment` and `.general` (the template check's answers, per template) and `.settings`
+    (the recording's `base_settings`)."""
     from types import SimpleNamespace
 
-    def part(name, *keys):
-        rows = sorted((r for r in recorded if r["part"] == name), key=lambda r: r["row"])
+    def part(name, *keys, template=None):
+        rows = sorted((r for r in recorded if r["part"] == name and r.get("template") == template),
+                      key=lambda r: r["row"])
         return [tuple(r[k] for k in keys) if len(keys) > 1 else r[keys[0]] for r in rows]
 
     return SimpleNamespace(losses=part("held-out", "loss sum", "tokens"),
                            validation_losses=part("validation", "loss sum", "tokens"), answers=part("answer", "answer"),
-                           instructions=part("answer", "instruction"))
+                           instructions=part("answer", "instruction"),
+                           sentiment={t: part("sentiment", "answer", template=t) for t in TEMPLATES},
+                           general={t: part("general", "answer", template=t) for t in TEMPLATES},
+                           settings=dict(getattr(recorded, "provenance", {}).get("settings", {})))
 
 
-def check_base_side(model, tokenizer, base, holdout, eval_rows, new_tokens: int, rows: int = 4) -> dict:
+def template_table(base, probe, questions) -> "pd.DataFrame":  # noqa: F821
+    """Section 1's template check from the base model's recorded answers (`recorded_base_side`): per template, the
+    sentiment accuracy on `probe` and the share of `questions` answered, one row each."""
+    import pandas as pd
+
+    return pd.DataFrame([{"template": t, **sentiment_scores(base.sentiment[t], probe),
+                          "general QA": general_scores(base.general[t], questions)["general QA"]}
+                         for t in TEMPLATES]).set_index("template")
+
+
+def check_templates(model, tokenizer, base, probe, questions, rows: int = 4) -> dict:
+    """The recorded template answers against the base `model` now: the last `rows` reviews and questions in
+    `generate`'s order (longest prompt first), answered again with each template, in one batch each, as recorded."""
+    same = checked = 0
+    for template in TEMPLATES:
+        for part, items in (("sentiment", list(probe)), ("general", [{"instruction": q} for q, _ in questions])):
+            recorded = getattr(base, part)[template]
+            if len(recorded) != len(items):
+                raise ValueError(f"the recording answered {len(recorded)} {part} prompts with the {template} template, "
+                                 f"not {len(items)}; start with ftkit.setup(live=True) to answer them all now")
+            picked = longest_first(tokenizer, [render(r, tokenizer, template) for r in items])[-rows:]
+            again = (sentiment_answers(model, tokenizer, [items[i] for i in picked], template) if part == "sentiment"
+                     else general_answers(model, tokenizer, template, [questions[i] for i in picked]))
+            same += sum(a == recorded[i] for a, i in zip(again, picked))
+            checked += len(picked)
+    return {"answers identical": same, "answers checked": checked,
+            "line": f"template check: {same} of {checked} answers identical to the recording"}
+
+
+def base_model_side(model, tokenizer, base, holdout, val_enc, eval_rows, new_tokens: int, template: str = "alpaca"):
+    """The base model's losses and answers for section 3 (a SimpleNamespace like `recorded_base_side`'s, with
+    `.check` and `.line`): the recorded ones, checked on a few rows now (`check_base_side`), when the recording
+    scored the same rows, cut alike, and answered the same instructions with the same template and new tokens; else
+    all computed now, with a line that says so (e.g. you changed N_LOSS, N_EVAL, MAX_LEN or NEW_TOKENS)."""
+    from types import SimpleNamespace
+
+    def graded(split):
+        return [sum(label != -100 for label in row["labels"][1:]) for row in split]
+
+    same = (base.settings.get("new tokens") == new_tokens and base.settings.get("template") == template
+            and [n for _, n in base.losses] == graded(holdout) and [n for _, n in base.validation_losses] == graded(val_enc)
+            and base.instructions == [r["instruction"] for r in eval_rows])
+    if same:
+        check = check_base_side(model, tokenizer, base, holdout, eval_rows, new_tokens, template)
+        return SimpleNamespace(losses=base.losses, validation_losses=base.validation_losses, answers=base.answers,
+                               check=check, line=check["line"])
+    return SimpleNamespace(losses=response_losses(model, holdout, tokenizer),
+                           validation_losses=response_losses(model, val_enc, tokenizer),
+                           answers=generate(model, tokenizer, eval_rows, new_tokens, template), check=None,
+                           line="base side: your settings differ from the recording's, so it was computed now")
+
+
+def check_base_side(model, tokenizer, base, holdout, eval_rows, new_tokens: int, template: str = "alpaca",
+                    rows: int = 4) -> dict:
     """The recorded base side against the base `model` now: the `rows` shortest holdout instructions answered again
-    (one batch, as the recording's last) and the first `rows` holdout rows scored again. A ValueError if the
-    recording answered other instructions."""
+    (one batch, as the recording's last when it answered 4 at a time) and the first `rows` holdout rows with response
+    tokens scored again. A ValueError if the recording answered other instructions."""
     if base.instructions != [r["instruction"] for r in eval_rows]:
         raise ValueError("the recorded base answers are for other instructions than eval_rows; record instruct_base "
                          "again, or start with ftkit.setup(live=True)")
-    lengths = [len(tokenizer(render(r, tokenizer), add_special_tokens=False)["input_ids"]) for r in eval_rows]
-    shortest = sorted(range(len(eval_rows)), key=lambda i: -lengths[i])[-rows:]     # `complete`'s order, its end
-    again = generate(model, tokenizer, [eval_rows[i] for i in shortest], new_tokens)
+    shortest = longest_first(tokenizer, [render(r, tokenizer, template) for r in eval_rows])[-rows:]
+    again = generate(model, tokenizer, [eval_rows[i] for i in shortest], new_tokens, template)
     same = sum(a == base.answers[i] for a, i in zip(again, shortest))
-    losses = response_losses(model, holdout.select(range(min(rows, len(holdout)))), tokenizer)
-    gap = max(abs(l / n - r / m) for (l, n), (r, m) in zip(losses, base.losses) if n and m)
+    scored = [i for i, (_, n) in enumerate(base.losses) if n][:rows]
+    losses = response_losses(model, holdout.select(scored), tokenizer)
+    gap = max((abs(l / n - base.losses[i][0] / base.losses[i][1]) for (l, n), i in zip(losses, scored) if n),
+              default=float("inf"))
     return {"answers identical": same, "answers checked": len(shortest), "largest loss gap": gap,
             "line": f"base side: {same} of {len(shortest)} answers identical to the recording; loss per token within "
-                    f"{gap:.1e} on {len(losses)} rows"}
+                    f"{gap:.1e} on {len(scored)} rows"}
 
 
 def recorded_runs(cfg) -> list[dict]:

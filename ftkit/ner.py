@@ -576,3 +576,24 @@ def frozen_sweep(cfg) -> list[dict]:
                              name=frozen_name(s["frozen blocks"], depth, epochs, s["learning rate"]))
     result.numbers_only()
     return [{**result.row(), "run": result.to_record()}]
+
+
+def frozen_run(cfg, yours: dict, panel, table):
+    """Section 6's frozen run for the notebook: read from the recording (`results.sweep_rows("ner_frozen", cfg)`)
+    and added to `table` when `yours` (the notebook's "dataset", "align mode", "max length", "epochs" and "learning
+    rate") equals the code's `frozen_settings`, which the recording was made with; else trained now by a click on the
+    training `panel` (which adds its row), and said so. Returns the run (without a model)."""
+    from . import results, train
+
+    code = frozen_settings(cfg)
+    differ = {k: (v, code[k]) for k, v in yours.items() if code.get(k) != v}
+    if differ:
+        print("your settings differ from the recording's (yours, recorded): "
+              + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in differ.items()) + "; training the frozen run now")
+        epochs = yours.get("epochs")
+        return panel.click(n_frozen=FROZEN_BLOCKS, epochs=float(epochs or cfg.epochs))
+    recorded = results.sweep_rows("ner_frozen", cfg)
+    print(recorded.summary())
+    run = train.RunResult.from_record(recorded[0]["run"])
+    table.add(run)
+    return run

@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 TASKS = ("classify", "ner", "mlm", "sft")

@@ -2,6 +2,7 @@
 `RunResult` for every run (metrics, trainable params, seconds, peak memory, loss history)."""
 from __future__ import annotations
 
+import copy
 import tempfile
 import threading
 import time
@@ -184,8 +185,9 @@ class RunResult:
         return self
 
     def to_record(self) -> dict:
-        """Everything but the model, JSON-able: what a recorded sweep keeps of a run (`from_record` reads it back)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+        """Everything but the model, as plain values (a copy): what a recorded sweep keeps of a run, written to JSON
+        (`from_record` reads it back)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "model"}
 
     @classmethod
     def from_record(cls, record: dict) -> "RunResult":
@@ -195,7 +197,7 @@ class RunResult:
         missing = {"name", "metrics", "trainable_params", "total_params", "seconds", "peak_mem_mb"} - set(record)
         if missing:
             raise ValueError(f"not a recorded run: it lacks {sorted(missing)} (write it with RunResult.to_record)")
-        return cls(**{k: v for k, v in record.items() if k in names})
+        return cls(**{k: copy.deepcopy(v) for k, v in record.items() if k in names})   # the record stays as it was
 
     def row(self) -> dict:
         return {"setup": self.name, **{k: v for k, v in self.metrics.items() if isinstance(v, (int, float))},

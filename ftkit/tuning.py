@@ -253,7 +253,10 @@ def freezing_sweep(cfg) -> list[dict]:
 def freezing_runs(cfg, encoded, tokenizer, label_names, validation, depth: int, warmup: float, recorded) -> dict:
     """Part 2's runs by name ("head only", "last 2", "full"): the full run trained now, the other two read from
     `recorded` (`results.sweep_rows("tuning_freezing", cfg)`) when it was made with the same warm-up and number of
-    validation sentences, else trained now too (said in a printed line). Each run's `extra["run"]` says which."""
+    validation sentences, else trained now too (said in a printed line). When `recorded` was itself trained now
+    (`ftkit.setup(live=True)`, or no recording for the profile), all three are its runs: none is trained twice.
+    Each run's `extra["run"]` says "recorded" or "trained now"."""
+    live = bool(getattr(recorded, "provenance", {}).get("live"))
     runs = {}
     for n_frozen in (depth, depth - 2, 0):
         name = setup_name(n_frozen, depth)
@@ -262,11 +265,11 @@ def freezing_runs(cfg, encoded, tokenizer, label_names, validation, depth: int, 
         if n_frozen and not same:
             print(f"{name}: the recording used warm-up {WARMUP} and {row['validation sentences'] if row else '?'} "
                   f"validation sentences; training it now with yours")
-        if n_frozen and same:
+        if same and (n_frozen or live):
             run = train.RunResult.from_record(row["run"])
         else:
             run = watched_run(cfg, encoded, tokenizer, label_names, n_frozen, validation, warmup)
-        run.extra["run"] = "recorded" if n_frozen and same else "trained now"
+        run.extra["run"] = "recorded" if same and n_frozen and not live else "trained now"
         runs[name] = run
     return runs
 

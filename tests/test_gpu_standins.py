@@ -419,6 +419,33 @@ def test_session_05_sft_full_and_lora_the_judge_and_forgetting(standins, tmp_pat
     assert base_loss > 0
 
 
+def test_the_recorded_sweeps_of_01_04_and_05_run_live_on_the_gpu_profiles_models(standins, monkeypatch):
+    """No recording ships for the gpu profile, so sessions 01, 04 and 05 train or compute these sweeps live there."""
+    from ftkit import instruct, ner, results, tuning
+
+    cfg, _ = standins
+    rows = results.sweep_rows("tuning_freezing", cfg)
+    assert [r["setup"] for r in rows] == ["head only", "last 2", "full"] and rows.provenance["live"]
+    runs = tuning.freezing_runs(cfg, *tuning_inputs(cfg), 6, tuning.WARMUP, rows)    # nothing trained twice
+    assert {r.extra["run"] for r in runs.values()} == {"trained now"} and runs["full"].best_step is not None
+    frozen = ner.frozen_sweep(cfg)
+    assert len(frozen) == 1 and frozen[0]["run"]["trainable_params"] < frozen[0]["run"]["total_params"]
+    small = {**instruct.SIZES["gpu"], "loss pairs": 3, "validation pairs": 2, "answers": 2, "new tokens": 4,
+             "task validation": 2, "general questions": 2, "train pairs": 4}
+    monkeypatch.setitem(instruct.SIZES, "gpu", small)
+    base = instruct.recorded_base_side(instruct.base_side(cfg))
+    assert len(base.losses) == 3 and len(base.answers) == 2 and set(base.sentiment) == set(instruct.TEMPLATES)
+    assert all(len(a) == 2 for a in base.general.values())
+
+
+def tuning_inputs(cfg):
+    from ftkit import data, tuning
+
+    rt = data.for_profile(data.load("rotten_tomatoes"), cfg)
+    encoded, tok = tuning.tokenize(rt, cfg)
+    return encoded, tok, rt["train"].features["label"].names, tuning.validation_subset(encoded, tuning.VALIDATION_SENTENCES)
+
+
 def test_session_06_lora_on_distilbert_and_smollm2_and_the_merge_check(standins, tmp_path):
     from peft import PeftModel
 

@@ -482,10 +482,48 @@ def test_validation_loss_is_the_mean_of_each_rows_mean_whatever_the_evaluation_b
         trainer = trainer_class(model=model, processing_class=tok, train_dataset=ds, eval_dataset=ds, args=args)
         return trainer.evaluate()["eval_loss"]
 
-    ours = [eval_loss(instruct.example_loss_trainer(), batch) for batch in (1, 4, 6)]
+    kept = len(instruct.sft_dataset(rows)) - len(instruct.rows_without_response(ds, tok, 96))
+    assert kept % 3                                                           # batches of 3 end with a short one
+    ours = [eval_loss(instruct.example_loss_trainer(), batch) for batch in (1, 3, kept)]
     assert ours == pytest.approx([expected] * 3, rel=1e-4)
     assert eval_loss(SFTTrainer, 1) == pytest.approx(expected, rel=1e-4)      # trl agrees one row at a time ...
-    assert eval_loss(SFTTrainer, 6) != pytest.approx(expected, rel=1e-3)      # ... not with six: a token mean
+    assert eval_loss(SFTTrainer, kept) != pytest.approx(expected, rel=1e-3)   # ... not all at once: a token mean
+
+
+def test_the_recorded_base_side_is_the_base_model_now(cfg, causal):
+    """Section 3 draws the base model's losses and answers from the recording and checks a few rows live."""
+    from ftkit import results
+
+    model, tok = causal
+    d = instruct.session_data(tok, cfg)
+    base = instruct.recorded_base_side(results.sweep_rows("instruct_base", cfg))
+    assert len(base.losses) == len(d.holdout) and len(base.validation_losses) == len(d.val_enc)
+    assert len(base.answers) == len(d.eval_rows)
+    check = instruct.check_base_side(model, tok, base, d.holdout, d.eval_rows, d.sizes["new tokens"])
+    assert check["answers identical"] == check["answers checked"] == 4 and check["largest loss gap"] < 1e-4
+    assert instruct.example_loss(base.validation_losses) == pytest.approx(
+        instruct.example_loss(instruct.response_losses(model, d.val_enc, tok)), rel=1e-4)
+    with pytest.raises(ValueError, match="for other instructions than eval_rows"):
+        instruct.check_base_side(model, tok, base, d.holdout, d.eval_rows[::-1], d.sizes["new tokens"])
+    side = instruct.base_model_side(model, tok, base, d.holdout, d.val_enc, d.eval_rows, d.sizes["new tokens"])
+    assert side.answers == base.answers and side.check is not None
+    fewer = d.eval_rows[:2]                                  # a learner's smaller N_EVAL: computed now, and said so
+    side = instruct.base_model_side(model, tok, base, d.holdout, d.val_enc, fewer, d.sizes["new tokens"])
+    assert side.check is None and len(side.answers) == 2 and "computed now" in side.line
+    assert [n for _, n in side.losses] == [n for _, n in base.losses]
+    assert [l for l, _ in side.losses] == pytest.approx([l for l, _ in base.losses], rel=1e-4, abs=1e-4)
+    changed = instruct.base_model_side(model, tok, base, d.holdout, d.val_enc, d.eval_rows, d.sizes["new tokens"] + 1)
+    assert changed.check is None                             # other new tokens: the recorded answers do not apply
+    questions = d.task.questions
+    table = instruct.template_table(base, d.task.probe, questions)
+    for t in instruct.TEMPLATES:                             # the recorded answers score as the live ones would
+        live = instruct.sentiment_accuracy(model, tok, d.task.probe, t)["task accuracy"]
+        assert table.loc[t, "task accuracy"] == live
+        assert table.loc[t, "general QA"] == instruct.general_accuracy(model, tok, t, questions)["general QA"]
+    now = instruct.check_templates(model, tok, base, d.task.probe, questions)
+    assert now["answers identical"] == now["answers checked"] == 2 * (min(4, len(d.task.probe)) + min(4, len(questions)))
+    with pytest.raises(ValueError, match="answers for"):
+        instruct.sentiment_scores(["positive"], d.task.probe)
 
 
 def test_generation_keeps_the_order_of_the_prompts_when_it_batches_them_by_length(causal):

@@ -298,3 +298,37 @@ def test_one_dataset_where_a_datasetdict_is_expected_says_how_to_make_splits(tok
         ner.train_tagger(cfg, encoded, tok, LABELS)
     with pytest.raises(ValueError, match="encoded is one datasets.Dataset"):
         ner.train_tagger(cfg, encoded["train"], tok, LABELS)
+
+
+def test_the_recorded_frozen_run_reads_back_at_the_main_runs_settings(cfg):
+    from ftkit import results
+    from ftkit.train import RunResult
+
+    recorded = results.sweep_rows("ner_frozen", cfg)
+    settings = recorded.provenance["settings"]
+    assert settings["frozen blocks"] == ner.FROZEN_BLOCKS and settings["dataset"] == ner.MAIN_RUN["dataset"]
+    run = RunResult.from_record(recorded[0]["run"])
+    epochs = float(settings["epochs"] or cfg.epochs)
+    assert run.name == ner.frozen_name(ner.FROZEN_BLOCKS, 6, epochs, settings["learning rate"]) == recorded[0]["setup"]
+    assert 0 <= run.metrics["overall_f1"] <= 1 and run.model is None
+
+
+def test_section_6_draws_the_frozen_run_at_the_main_runs_settings_and_trains_it_when_one_differs(cfg):
+    from ftkit.results import ResultsTable
+    from ftkit.train import RunResult
+
+    clicks = []
+
+    class Panel:
+        def click(self, **values):
+            clicks.append(values)
+            return RunResult("clicked", {"overall_f1": 0.1}, 1, 1, 0.0, 0.0)
+
+    code = ner.frozen_settings(cfg)
+    yours = {k: code[k] for k in ("dataset", "align mode", "max length", "epochs", "learning rate")}
+    table = ResultsTable()
+    run = ner.frozen_run(cfg, yours, Panel(), table)
+    assert not clicks and len(table) == 1 and run.name == table.rows[0]["setup"] and "4 of 6 blocks frozen" in run.name
+    run = ner.frozen_run(cfg, {**yours, "align mode": "all"}, Panel(), table)
+    assert clicks == [{"n_frozen": ner.FROZEN_BLOCKS, "epochs": float(yours["epochs"] or cfg.epochs)}]
+    assert run.name == "clicked" and len(table) == 1            # the panel adds its own row

@@ -470,3 +470,18 @@ def test_training_curves_draw_train_and_validation_loss_the_best_checkpoint_and_
         results.training_curves(train.RunResult("head", {}, 1, 1, 0.0, 0.0))
     with pytest.raises(ValueError, match='per must be "step" or "epoch"'):
         results.training_curves(result, per="batch")
+
+
+def test_a_run_survives_a_json_round_trip_without_its_model():
+    import json
+
+    run = train.RunResult("r", {"accuracy": 0.5}, 10, 100, 1.5, 20.0, [(1, 0.7)], [{"step": 1, "loss": 0.6}],
+                          {"note": "x"}, model=object(), steps=1, lr_history=[(1, 1e-4)], steps_per_epoch=1.0,
+                          best_step=1)
+    record = json.loads(json.dumps(run.to_record()))
+    assert "model" not in record
+    back = train.RunResult.from_record(record)
+    assert back.model is None and back.row() == run.row() and back.best_step == 1
+    assert back.loss_history == [[1, 0.7]] and back.eval_history == run.eval_history
+    with pytest.raises(ValueError, match="not a recorded run: it lacks"):
+        train.RunResult.from_record({"name": "r"})

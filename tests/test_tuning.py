@@ -179,3 +179,31 @@ def test_one_dataset_where_a_datasetdict_is_expected_says_how_to_make_splits(cfg
         tuning.fine_tune(cfg, one, None, ["neg", "pos"], n_frozen=0)
     with pytest.raises(ValueError, match="encoded is one datasets.Dataset"):
         tuning.validation_subset(one, 10)
+
+
+def test_part_2_draws_the_frozen_runs_from_the_recording_and_trains_them_when_a_setting_differs(cfg, monkeypatch):
+    """The notebook's default path reads head only and last 2 from the recording and trains the full run; another
+    warm-up trains all three now (the recording no longer compares like with like)."""
+    from ftkit import results, train
+
+    rt = data.for_profile(data.load("rotten_tomatoes"), cfg)
+    encoded, tok = tuning.tokenize(rt, cfg)
+    validation = tuning.validation_subset(encoded, tuning.VALIDATION_SENTENCES)
+    recorded = results.sweep_rows("tuning_freezing", cfg)
+    assert [r["setup"] for r in recorded] == ["head only", "last 2", "full"] and not recorded.provenance.get("live")
+    trained = []
+    real = tuning.watched_run
+    monkeypatch.setattr(tuning, "watched_run", lambda cfg, enc, tk, names, n, *a, **k: trained.append(n) or
+                        real(cfg, enc, tk, names, n, *a, **k))
+    runs = tuning.freezing_runs(cfg, encoded, tok, ["negative", "positive"], validation, 6, tuning.WARMUP, recorded)
+    assert trained == [0] and [r.extra["run"] for r in runs.values()] == ["recorded", "recorded", "trained now"]
+    head = runs["head only"]
+    assert isinstance(head, train.RunResult) and head.best_step in [h["step"] for h in head.eval_history]
+    assert head.trainable_params < runs["last 2"].trainable_params < runs["full"].trainable_params
+    assert recorded[0]["run"]["extra"].get("run") is None                 # the recording is left as it was
+    trained.clear()
+    live = results.Recorded(list(recorded), {**recorded.provenance, "live": True})    # live=True: none trained twice
+    runs = tuning.freezing_runs(cfg, encoded, tok, ["negative", "positive"], validation, 6, tuning.WARMUP, live)
+    assert trained == [] and {r.extra["run"] for r in runs.values()} == {"trained now"}
+    runs = tuning.freezing_runs(cfg, encoded, tok, ["negative", "positive"], validation, 6, 0.2, recorded)
+    assert trained == [6, 4, 0] and {r.extra["run"] for r in runs.values()} == {"trained now"}
