@@ -436,10 +436,10 @@ def example_loss_trainer():
             batch = {k: inputs[k] for k in ("input_ids", "attention_mask", "labels") if k in inputs}
             with torch.no_grad(), self.compute_loss_context_manager():
                 losses, counts = graded_token_losses(model, {**batch, "use_cache": False})
-            # One loss per row: the Trainer repeats each the same number of times (its eval batch size, even for a
-            # short last batch) before it averages, so the result is the mean over rows. Every row has a graded
-            # token: trl drops the rows that have none.
-            return (losses / counts.clamp(min=1)).detach(), None, None
+            # The batch's mean over rows: the Trainer repeats it once per row of a full batch, and accelerate's
+            # gather_for_metrics cuts a short last batch's copies to its rows, so the final mean weighs every row
+            # alike (tested with a short last batch). Every row has a graded token: trl drops the rows that have none.
+            return (losses / counts.clamp(min=1)).mean().detach(), None, None
 
     return ExampleLossSFTTrainer
 
