@@ -1419,8 +1419,8 @@ def check_base_side(model, tokenizer, base, holdout, eval_rows, new_tokens: int,
     (one batch, as the recording's last when it answered 4 at a time) and the first `rows` holdout rows with response
     tokens scored again. A ValueError if the recording answered other instructions."""
     if base.instructions != [r["instruction"] for r in eval_rows]:
-        raise ValueError("the recorded base answers are for other instructions than eval_rows; record instruct_base "
-                         "again, or start with ftkit.setup(live=True)")
+        raise ValueError("the recorded base answers are for other instructions than eval_rows; start the notebook with "
+                         "ftkit.setup(live=True) to answer them all now")
     shortest = longest_first(tokenizer, [render(r, tokenizer, template) for r in eval_rows])[-rows:]
     again = generate(model, tokenizer, [eval_rows[i] for i in shortest], new_tokens, template)
     same = sum(a == base.answers[i] for a, i in zip(again, shortest))
@@ -1429,8 +1429,8 @@ def check_base_side(model, tokenizer, base, holdout, eval_rows, new_tokens: int,
     gap = max((abs(l / n - base.losses[i][0] / base.losses[i][1]) for (l, n), i in zip(losses, scored) if n),
               default=float("inf"))
     return {"answers identical": same, "answers checked": len(shortest), "largest loss gap": gap,
-            "line": f"base side: {same} of {len(shortest)} answers identical to the recording; loss per token within "
-                    f"{gap:.1e} on {len(scored)} rows"}
+            "line": f"base side: {same} of {len(shortest)} answers identical to the recording; held-out loss per token "
+                    f"of {len(scored)} rows within {gap:.1e} of the recording's"}
 
 
 def recorded_runs(cfg) -> list[dict]:
