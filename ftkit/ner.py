@@ -595,5 +595,6 @@ def frozen_run(cfg, yours: dict, panel, table):
     recorded = results.sweep_rows("ner_frozen", cfg)
     print(recorded.summary())
     run = train.RunResult.from_record(recorded[0]["run"])
+    run.name += " (trained now)" if recorded.provenance.get("live") else " (recorded)"
     table.add(run)
     return run

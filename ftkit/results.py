@@ -226,7 +226,7 @@ class Recorded(list):
         how = "trained live now" if p.get("live") else f"recorded on {p['date'][:10]}"
         minutes = f"{p['seconds'] / 60:.1f} min" if p.get("seconds") is not None else "time not measured"
         note = f"; {p['note']}" if p.get("note") else ""
-        return (f"{len(self)} rows {how} in the {p['profile']} profile: {minutes} on "
+        return (f"{len(self)} row{'' if len(self) == 1 else 's'} {how} in the {p['profile']} profile: {minutes} on "
                 f"{p['machine']['cores']} cores ({p['machine']['device']}){note}")
 
 
