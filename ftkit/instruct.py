@@ -304,7 +304,8 @@ def response_losses(model, dataset, tokenizer, batch_size: int | None = None) ->
         raise ValueError(f"batch_size must be a positive whole number of rows, or None, got {batch_size!r}")
     model.eval()
     collate = causal_collator(tokenizer)
-    order = sorted(range(len(dataset)), key=lambda i: -len(dataset[i]["input_ids"]))
+    lengths = [len(ids) for ids in dataset["input_ids"]]       # one column read, not a row read per row
+    order = sorted(range(len(dataset)), key=lambda i: -lengths[i])
     sums = {}
     side, tokenizer.padding_side = tokenizer.padding_side, "right"
     try:
@@ -457,7 +458,8 @@ def sft(model, tokenizer, train_rows, cfg, *, name: str, template: str = "alpaca
 
     `validation_rows` (instruction rows held out from training and from the test set) are scored after every epoch
     (`train.fit`'s validation: `RunResult.eval_history`, one "loss" per epoch, the mean over validation examples of
-    each example's mean response-token loss, whatever the evaluation batch: `example_loss_trainer`). `keep_best=True` ends with the epoch of the lowest validation loss. `completion_only_loss=False`
+    each example's mean response-token loss, whatever the evaluation batch: `example_loss_trainer`). `keep_best=True`
+    ends with the epoch of the lowest validation loss. `completion_only_loss=False`
     grades the prompt's tokens too (trl's default for plain text): the variant quiz question 1 asks about.
 
     trl cuts each row to its first `max_length` tokens and drops the rows left with no response token. Before
