@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import time
@@ -24,6 +25,7 @@ from functools import lru_cache
 import torch
 
 from . import data, models
+from .env import is_small
 
 COLUMNS = ("instruction", "response")
 TEMPLATE = "### Instruction:\n{instruction}\n{context_block}### Response:\n"  # Alpaca-style
@@ -295,7 +297,6 @@ def response_losses(model, dataset, tokenizer, batch_size: int | None = None) ->
     only where a response token is predicted (`graded_token_losses`). Rows go longest first in batches of 8, or of
     `SMALL_MEMORY_SCORE_BATCH` on a small-memory machine, padded on the right (left padding would shift the positions
     the model sees)."""
-    from .env import is_small
     from .train import release_freed_memory
 
     small = is_small()
@@ -534,7 +535,6 @@ def complete(model, tokenizer, texts, max_new_tokens: int = 48, batch_size: int 
     """Greedy continuations of raw prompt texts (left padding, so every row ends where generation starts), in the
     order of `texts`. Prompts are batched by length (longest first), so a batch pads little; `generate_kwargs` go to
     `model.generate` (e.g. `no_repeat_ngram_size=3`)."""
-    from .env import is_small
     from .train import release_freed_memory
 
     small = is_small()
@@ -644,19 +644,68 @@ def _clip(text: str, n_words: int = 80) -> str:
     return " ".join(w[:n_words]) + (" ..." if len(w) > n_words else "")
 
 
-def _ask(judge, tokenizer, contents, max_new_tokens: int, prefix: str, batch_size: int = 8) -> list[str]:
+def _ask(judge, tokenizer, contents, max_new_tokens: int, prefix: str, batch_size: int = 8,
+         replies: "JudgeReplies | None" = None) -> list[str]:
     """The judge's replies. Its turn is started with `prefix` ("Score:"), a common way to steer the
-    format; the prefix is part of the reply that gets parsed."""
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
-             if getattr(tokenizer, "chat_template", None) else c + "\n" for c in contents]
-    return [prefix + " " + r for r in complete(judge, tokenizer, [t + prefix for t in texts], max_new_tokens, batch_size)]
+    format; the prefix is part of the reply that gets parsed. With `replies`, recorded replies are reused."""
+    texts = [(tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
+              if getattr(tokenizer, "chat_template", None) else c + "\n") + prefix for c in contents]
+    ask = complete if replies is None else replies.complete
+    return [prefix + " " + r for r in ask(judge, tokenizer, texts, max_new_tokens, batch_size)]
 
 
-def judge_scores(judge, tokenizer, instructions, references, answers) -> dict:
-    """Rubric scores 1-5 per answer. A reply that does not parse is None and is counted, never guessed."""
+class JudgeReplies:
+    """The judge's replies, by prompt. Replies recorded for the base model (`base_side`'s "judge" rows, read back by
+    `recorded_base_side`) are reused when a call asks exactly recorded prompts: its last batch in `complete`'s order
+    (the shortest prompts) is asked again now and compared (`.identical` of `.checked`); in the recording's memory
+    mode that batch is the recording's own. Any other call is asked now, and its replies are kept (that is how
+    `base_side` records them). `.line` says which happened."""
+
+    def __init__(self, recorded: dict | None = None):
+        self.replies = dict(recorded or {})
+        self.reused = self.asked = self.identical = self.checked = 0
+
+    @staticmethod
+    def key(text: str, max_new_tokens: int) -> str:
+        """A short hash of a judge prompt and its reply length: what a recorded reply is looked up by."""
+        return hashlib.sha1(f"{max_new_tokens}\n{text}".encode()).hexdigest()[:16]
+
+    def complete(self, judge, tokenizer, texts, max_new_tokens: int, batch_size: int = 8) -> list[str]:
+        keys = [self.key(t, max_new_tokens) for t in texts]
+        if keys and all(k in self.replies for k in keys):
+            size = min(batch_size, SMALL_MEMORY_GENERATE_BATCH) if is_small() else batch_size
+            shortest = longest_first(tokenizer, texts)[-(len(texts) % size or size):]
+            again = complete(judge, tokenizer, [texts[i] for i in shortest], max_new_tokens, batch_size)
+            self.identical += sum(a == self.replies[keys[i]] for a, i in zip(again, shortest))
+            self.checked += len(shortest)
+            self.reused += len(keys)
+            return [self.replies[k] for k in keys]
+        out = complete(judge, tokenizer, texts, max_new_tokens, batch_size)
+        self.replies.update(zip(keys, out))
+        self.asked += len(keys)
+        return out
+
+    @property
+    def line(self) -> str:
+        parts = []
+        if self.reused:
+            parts.append(f"{self.reused} replies from the recording ({self.identical} of {self.checked} asked again "
+                         "now were identical)")
+        if self.asked:
+            parts.append(f"{self.asked} asked now")
+        return "judge: " + ("; ".join(parts) or "nothing asked yet")
+
+    def rows(self) -> list[dict]:
+        """The replies as recording rows: {"part": "judge", "row", "key", "reply"}."""
+        return [{"part": "judge", "row": i, "key": k, "reply": r} for i, (k, r) in enumerate(self.replies.items())]
+
+
+def judge_scores(judge, tokenizer, instructions, references, answers, replies: JudgeReplies | None = None) -> dict:
+    """Rubric scores 1-5 per answer. A reply that does not parse is None and is counted, never guessed. With
+    `replies`, recorded replies to the same prompts are reused (`JudgeReplies`)."""
     replies = _ask(judge, tokenizer, [SCORE_PROMPT.format(instruction=_clip(i), reference=_clip(r), answer=_clip(a))
                                       for i, r, a in zip(instructions, references, answers)], max_new_tokens=6,
-                   prefix="Score:")
+                   prefix="Score:", replies=replies)
     scores = []
     for reply in replies:
         try:
@@ -692,9 +741,11 @@ def _swap_letters(word: str, rng) -> str:
     return word[:i] + word[i + 1] + word[i] + word[i + 2:]
 
 
-def judge_pairs(judge, tokenizer, instructions, references, kinds=CORRUPTIONS, seed: int = 0):
-    """Reference vs each corruption, asked in both orders. Returns a DataFrame per pair:
-    the judge's pick in each order, whether it preferred the reference, and whether it agreed with itself."""
+def judge_pairs(judge, tokenizer, instructions, references, kinds=CORRUPTIONS, seed: int = 0,
+                replies: JudgeReplies | None = None):
+    """Reference vs each corruption, asked in both orders. Returns a DataFrame per pair: the judge's pick in each
+    order, the share of the two orders in which it preferred the reference (0, 0.5 or 1), and whether it agreed with
+    itself. With `replies`, recorded replies to the same prompts are reused (`JudgeReplies`)."""
     import pandas as pd
 
     rows = []
@@ -707,7 +758,7 @@ def judge_pairs(judge, tokenizer, instructions, references, kinds=CORRUPTIONS, s
     for r in rows:  # order 1: reference is A; order 2: reference is B
         prompts += [PAIR_PROMPT.format(instruction=_clip(r["instruction"]), a=_clip(r["reference"]), b=_clip(r["corrupted"])),
                     PAIR_PROMPT.format(instruction=_clip(r["instruction"]), a=_clip(r["corrupted"]), b=_clip(r["reference"]))]
-    replies = _ask(judge, tokenizer, prompts, max_new_tokens=4, prefix="Answer:")
+    replies = _ask(judge, tokenizer, prompts, max_new_tokens=4, prefix="Answer:", replies=replies)
     for k, r in enumerate(rows):
         picks = []
         for reply in replies[2 * k:2 * k + 2]:
@@ -717,7 +768,7 @@ def judge_pairs(judge, tokenizer, instructions, references, kinds=CORRUPTIONS, s
                 picks.append(None)
         r["pick (ref=A)"], r["pick (ref=B)"] = picks
         r["parsed"] = None not in picks
-        r["prefers reference"] = (picks[0] == "A") + (picks[1] == "B")  # 0, 1 or 2 of the two orders
+        r["prefers reference"] = ((picks[0] == "A") + (picks[1] == "B")) / 2  # share of the two orders
         r["consistent"] = r["parsed"] and picks[0] != picks[1]  # the same answer wins in both orders
     return pd.DataFrame(rows)
 
@@ -728,7 +779,7 @@ def judge_reliability(pairs) -> dict:
         raise ValueError("no judged pairs: judge_pairs needs at least one instruction and reference")
     picks = pairs[["pick (ref=A)", "pick (ref=B)"]].to_numpy().ravel()
     parsed = [p for p in picks if p is not None]
-    return {"pairs": len(pairs), "prefers reference %": 100 * pairs["prefers reference"].sum() / (2 * len(pairs)),
+    return {"pairs": len(pairs), "prefers reference %": 100 * pairs["prefers reference"].mean(),
             "consistent when swapped %": 100 * pairs["consistent"].mean(),
             "picks A %": 100 * sum(p == "A" for p in parsed) / max(len(parsed), 1),
             "parse failures": int(sum(p is None for p in picks))}
@@ -947,10 +998,12 @@ def with_adapter(model, adapter_dir):
         tuned.unload()
 
 
-def score_answers(name, answers, rows, sentence_model=None, judge=None, judge_tokenizer=None) -> "pd.DataFrame":  # noqa: F821
+def score_answers(name, answers, rows, sentence_model=None, judge=None, judge_tokenizer=None,
+                  judge_replies: JudgeReplies | None = None) -> "pd.DataFrame":  # noqa: F821
     """One row per holdout answer: ROUGE-1/2/L, embedding cosine, judge score (None = unparsed), error tags, and the
     answer's and reference's length in words. `judge()` is a context that yields the judge model (e.g.
-    `lambda: as_base(lora_model)`); without a judge (or a sentence model) that column is left empty (None)."""
+    `lambda: as_base(lora_model)`); without a judge (or a sentence model) that column is left empty (None).
+    `judge_replies` (a `JudgeReplies`) reuses recorded replies to the same prompts."""
     import pandas as pd
 
     refs, ins = [r["response"] for r in rows], [r["instruction"] for r in rows]
@@ -959,7 +1012,7 @@ def score_answers(name, answers, rows, sentence_model=None, judge=None, judge_to
     judged = {"scores": [None] * len(refs), "replies": [None] * len(refs)}
     if judge is not None:
         with judge() as j:
-            judged = judge_scores(j, judge_tokenizer, ins, refs, answers)
+            judged = judge_scores(j, judge_tokenizer, ins, refs, answers, judge_replies)
     out = pd.DataFrame({"model": name, "item": range(len(rows)), "answer": answers,
                         "rouge1": [r["rouge1"] for r in rouge], "rouge2": [r["rouge2"] for r in rouge],
                         "rougeL": [r["rougeL"] for r in rouge], "cosine": cos, "judge": judged["scores"],
@@ -1309,24 +1362,26 @@ def dolly_scores(name: str, model, tokenizer, d, result=None, **extra):
 
 
 # The untrained model's side: section 1's template check (its answers to the sentiment probe and the general
-# questions, per template) and section 3's base row (its held-out and validation losses per row, its answers to the
-# holdout instructions). The same for every learner, so recorded (`python -m ftkit record instruct_base`, about 4
+# questions, per template), section 3's base row (its held-out and validation losses per row, its answers to the
+# holdout instructions) and section 4's judge replies (its scores of those answers and the reliability pairs). The same for every learner, so recorded (`python -m ftkit record instruct_base`, about 4
 # minutes on 2 cores) and checked in the notebook on a few rows, answered and scored again.
 def base_settings(profile) -> dict:
     """What decides the base model's recorded side (`ftkit.results.SWEEPS["instruct_base"]`)."""
     p = getattr(profile, "profile", profile)
     S = sizes(profile)
-    return {"model": p.models["causal"], "template": "alpaca", "answer words": MAX_ANSWER_WORDS,
-            "templates": list(TEMPLATES),
+    return {"model": p.models["causal"], "judge": p.models["judge"], "template": "alpaca",
+            "answer words": MAX_ANSWER_WORDS, "templates": list(TEMPLATES), "judge prompts": "v1",
             **{k: S[k] for k in ("train pairs", "validation pairs", "loss pairs", "answers", "max length", "new tokens",
-                                 "task validation", "general questions")}}
+                                 "task validation", "general questions", "judge pairs")}}
 
 
 def base_side(cfg) -> list[dict]:
     """The base model's side, one row each: "held-out" and "validation" rows (`response_losses`: loss sum and
     tokens per row), "answer" rows (`generate`'s greedy answer to each of `session_data`'s holdout instructions), and
     section 1's template check: per template, "sentiment" rows (`sentiment_answers` to the validation reviews) and
-    "general" rows (`general_answers`)."""
+    "general" rows (`general_answers`); and the judge's "judge" rows (`JudgeReplies.rows`: its replies when it
+    scores those answers, `judge_scores`, and to the reliability pairs of the first "judge pairs" of them,
+    `judge_pairs`)."""
     model, tok = models.load_causal(cfg)
     d = session_data(tok, cfg)
     rows = [{"part": part, "row": i, "loss sum": l, "tokens": n}
@@ -1340,14 +1395,21 @@ def base_side(cfg) -> list[dict]:
                  for i, a in enumerate(sentiment_answers(model, tok, d.task.probe, template))]
         rows += [{"part": "general", "template": template, "row": i, "answer": a}
                  for i, a in enumerate(general_answers(model, tok, template, d.task.questions))]
-    return rows
+    same_model = models.resolve("judge", cfg) == models.resolve("causal", cfg)
+    judge, judge_tok = (model, tok) if same_model else models.load_causal(cfg, role="judge")
+    replies = JudgeReplies()
+    instructions, references = [r["instruction"] for r in d.eval_rows], [r["response"] for r in d.eval_rows]
+    judge_scores(judge, judge_tok, instructions, references, answers, replies)
+    n = d.sizes["judge pairs"]
+    judge_pairs(judge, judge_tok, instructions[:n], references[:n], replies=replies)
+    return rows + replies.rows()
 
 
 def recorded_base_side(recorded):
     """`base_side`'s rows (`results.sweep_rows("instruct_base", cfg)`) read back: `.losses` and `.validation_losses`
     ([(loss sum, tokens)] per row, as `response_losses` gives them), `.answers` and `.instructions` (one per holdout
-    instruction, in order), `.sentiment` and `.general` (the template check's answers, per template) and `.settings`
-    (the recording's `base_settings`)."""
+    instruction, in order), `.sentiment` and `.general` (the template check's answers, per template), `.judge` (the
+    judge's replies by prompt key, for `JudgeReplies`) and `.settings` (the recording's `base_settings`)."""
     from types import SimpleNamespace
 
     def part(name, *keys, template=None):
@@ -1360,6 +1422,7 @@ def recorded_base_side(recorded):
                            instructions=part("answer", "instruction"),
                            sentiment={t: part("sentiment", "answer", template=t) for t in TEMPLATES},
                            general={t: part("general", "answer", template=t) for t in TEMPLATES},
+                           judge=dict(part("judge", "key", "reply")),
                            settings=dict(getattr(recorded, "provenance", {}).get("settings", {})))
 
 
@@ -1394,9 +1457,10 @@ def check_templates(model, tokenizer, base, probe, questions, rows: int = 4) -> 
 
 def base_model_side(model, tokenizer, base, holdout, val_enc, eval_rows, new_tokens: int, template: str = "alpaca"):
     """The base model's losses and answers for section 3 (a SimpleNamespace like `recorded_base_side`'s, with
-    `.check` and `.line`): the recorded ones, checked on a few rows now (`check_base_side`), when the recording
-    scored the same rows, cut alike, and answered the same instructions with the same template and new tokens; else
-    all computed now, with a line that says so (e.g. you changed N_LOSS, N_EVAL, MAX_LEN or NEW_TOKENS)."""
+    `.check`, `.line` and `.judge`, a `JudgeReplies` for section 4): the recorded ones, checked on a few rows now
+    (`check_base_side`), when the recording scored the same rows, cut alike, and answered the same instructions with
+    the same template and new tokens; else all computed now, with a line that says so (e.g. you changed N_LOSS,
+    N_EVAL, MAX_LEN or NEW_TOKENS), and the judge asked everything now."""
     from types import SimpleNamespace
 
     def graded(split):
@@ -1408,11 +1472,12 @@ def base_model_side(model, tokenizer, base, holdout, val_enc, eval_rows, new_tok
     if same:
         check = check_base_side(model, tokenizer, base, holdout, eval_rows, new_tokens, template)
         return SimpleNamespace(losses=base.losses, validation_losses=base.validation_losses, answers=base.answers,
-                               check=check, line=check["line"])
+                               check=check, line=check["line"], judge=JudgeReplies(base.judge))
     return SimpleNamespace(losses=response_losses(model, holdout, tokenizer),
                            validation_losses=response_losses(model, val_enc, tokenizer),
                            answers=generate(model, tokenizer, eval_rows, new_tokens, template), check=None,
-                           line="base side: your settings differ from the recording's, so it was computed now")
+                           line="base side: your settings differ from the recording's, so it was computed now",
+                           judge=JudgeReplies())
 
 
 def check_base_side(model, tokenizer, base, holdout, eval_rows, new_tokens: int, template: str = "alpaca",

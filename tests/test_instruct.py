@@ -188,6 +188,34 @@ def test_judge_pairs_ask_both_orders_and_measure_position_bias(causal, monkeypat
     assert len(pairs) == 8 and len(seen) == 16
     rel = instruct.judge_reliability(pairs)
     assert rel["picks A %"] == 100 and rel["consistent when swapped %"] == 0 and rel["prefers reference %"] == 50
+    assert (pairs["prefers reference"] == 0.5).all()                  # a share of the two orders, not a count
+
+
+def test_recorded_judge_replies_are_reused_checked_on_the_last_batch_and_other_prompts_asked(causal, monkeypatch):
+    model, tok = causal
+    asked = []
+
+    def numbered(judge, tokenizer, texts, *a, **k):                   # a reply that names its prompt
+        asked.append(list(texts))
+        return [f" {len(t)}" for t in texts]
+
+    monkeypatch.setattr(instruct, "complete", numbered)
+    ins, refs, answers = ["q1", "q2 longer", "q3 much longer still"], ["r1", "r2", "r3"], ["a", "b", "c"]
+    recording = instruct.JudgeReplies()
+    recorded = instruct.judge_scores(model, tok, ins, refs, answers, recording)
+    assert recording.asked == 3 and len(recording.rows()) == 3 and {r["part"] for r in recording.rows()} == {"judge"}
+    reread = instruct.JudgeReplies({r["key"]: r["reply"] for r in recording.rows()})
+    asked.clear()
+    assert instruct.judge_scores(model, tok, ins, refs, answers, reread) == recorded
+    shortest = instruct.longest_first(tok, asked[0])                 # only the last batch was asked again ...
+    assert len(asked) == 1 and len(asked[0]) == 3 % 4 and reread.identical == reread.checked == 3
+    assert reread.reused == 3 and reread.asked == 0 and "3 of 3" in reread.line and shortest
+    instruct.judge_scores(model, tok, ins, refs, ["other", "b", "c"], reread)      # ... another prompt: all asked now
+    assert reread.asked == 3 and len(asked[-1]) == 3 and "3 asked now" in reread.line
+    monkeypatch.setattr(instruct, "complete", lambda judge, tokenizer, texts, *a, **k: [" 1"] * len(texts))
+    changed = instruct.JudgeReplies({r["key"]: r["reply"] for r in recording.rows()})
+    instruct.judge_scores(model, tok, ins, refs, answers, changed)      # a judge that now answers otherwise
+    assert changed.checked == 3 and changed.identical == 0
 
 
 # --------------------------------------------------------------------------- corruptions
@@ -507,9 +535,16 @@ def test_the_recorded_base_side_is_the_base_model_now(cfg, causal):
         instruct.check_base_side(model, tok, base, d.holdout, d.eval_rows[::-1], d.sizes["new tokens"])
     side = instruct.base_model_side(model, tok, base, d.holdout, d.val_enc, d.eval_rows, d.sizes["new tokens"])
     assert side.answers == base.answers and side.check is not None
+    ins, refs, n = [r["instruction"] for r in d.eval_rows], [r["response"] for r in d.eval_rows], d.sizes["judge pairs"]
+    scores = instruct.judge_scores(model, tok, ins, refs, side.answers, side.judge)     # section 4's judge, recorded
+    pairs = instruct.judge_pairs(model, tok, ins[:n], refs[:n], replies=side.judge)
+    assert side.judge.asked == 0 and side.judge.reused == len(ins) + 8 * n
+    assert side.judge.identical == side.judge.checked > 0
+    assert scores == instruct.judge_scores(model, tok, ins, refs, side.answers)        # as if asked now
+    assert pairs.equals(instruct.judge_pairs(model, tok, ins[:n], refs[:n]))
     fewer = d.eval_rows[:2]                                  # a learner's smaller N_EVAL: computed now, and said so
     side = instruct.base_model_side(model, tok, base, d.holdout, d.val_enc, fewer, d.sizes["new tokens"])
-    assert side.check is None and len(side.answers) == 2 and "computed now" in side.line
+    assert side.check is None and len(side.answers) == 2 and "computed now" in side.line and not side.judge.replies
     assert [n for _, n in side.losses] == [n for _, n in base.losses]
     assert [l for l, _ in side.losses] == pytest.approx([l for l, _ in base.losses], rel=1e-4, abs=1e-4)
     changed = instruct.base_model_side(model, tok, base, d.holdout, d.val_enc, d.eval_rows, d.sizes["new tokens"] + 1)

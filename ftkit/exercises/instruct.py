@@ -163,8 +163,8 @@ def q2(label_row):
 
 # --------------------------------------------------------------------------- q3
 @check.exercise(title="Fix it when decoding", tier="stretch",
-                hint="Call `instruct.generate(model, tok, eval_rows, NEW_TOKENS, TEMPLATE, **setting)` with your "
-                     "setting, count with `instruct.error_counts(answers, instructions, references)`, and return "
+                hint="Call `instruct.generate(model, tok, half, NEW_TOKENS, TEMPLATE, **setting)` with your "
+                     "setting, compare with `answers['base'][:len(half)]`, count with `instruct.error_counts(answers, instructions, references)`, and return "
                      "the dict the task describes. The check recounts your answers, so the counts must be theirs.")
 def q3(experiment):
     """experiment: {"setting": dict of generate() arguments, "answers": your answers, "default answers": the
