@@ -647,7 +647,8 @@ def _clip(text: str, n_words: int = 80) -> str:
 def _ask(judge, tokenizer, contents, max_new_tokens: int, prefix: str, batch_size: int = 8,
          replies: "JudgeReplies | None" = None) -> list[str]:
     """The judge's replies. Its turn is started with `prefix` ("Score:"), a common way to steer the
-    format; the prefix is part of the reply that gets parsed. With `replies`, recorded replies are reused."""
+    format; the prefix is part of the reply that gets parsed. With `replies` (a `JudgeReplies`), a recorded call with
+    the same prompts is reused."""
     texts = [(tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
               if getattr(tokenizer, "chat_template", None) else c + "\n") + prefix for c in contents]
     ask = complete if replies is None else replies.complete
@@ -655,14 +656,19 @@ def _ask(judge, tokenizer, contents, max_new_tokens: int, prefix: str, batch_siz
 
 
 class JudgeReplies:
-    """The judge's replies, by prompt. Replies recorded for the base model (`base_side`'s "judge" rows, read back by
-    `recorded_base_side`) are reused when a call asks exactly recorded prompts: its last batch in `complete`'s order
-    (the shortest prompts) is asked again now and compared (`.identical` of `.checked`); in the recording's memory
-    mode that batch is the recording's own. Any other call is asked now, and its replies are kept (that is how
-    `base_side` records them). `.line` says which happened."""
+    """The judge's replies, one entry per call (the prompts it asked together, their replies, its batch size).
 
-    def __init__(self, recorded: dict | None = None):
-        self.replies = dict(recorded or {})
+    Calls recorded for the base model (`base_side`'s "judge" rows, read back by `recorded_base_side`) are reused when
+    a call asks exactly a recorded call's prompts, in the same order: its last batch in `complete`'s order (the
+    shortest prompts) is asked again now at the recorded batch size and compared (`.identical` of `.checked`). If
+    fewer than three in four of them match, the whole call is asked now. Any other call is asked now and kept in
+    `.calls` (that is how `base_side` records them). `.line` says which happened; `source` names where the recorded
+    calls came from."""
+
+    def __init__(self, recorded=(), source: str = "the recording"):
+        self.recorded = [dict(c) for c in recorded]
+        self.source = source
+        self.calls: list[dict] = []
         self.reused = self.asked = self.identical = self.checked = 0
 
     @staticmethod
@@ -671,17 +677,21 @@ class JudgeReplies:
         return hashlib.sha1(f"{max_new_tokens}\n{text}".encode()).hexdigest()[:16]
 
     def complete(self, judge, tokenizer, texts, max_new_tokens: int, batch_size: int = 8) -> list[str]:
-        keys = [self.key(t, max_new_tokens) for t in texts]
-        if keys and all(k in self.replies for k in keys):
-            size = min(batch_size, SMALL_MEMORY_GENERATE_BATCH) if is_small() else batch_size
-            shortest = longest_first(tokenizer, texts)[-(len(texts) % size or size):]
-            again = complete(judge, tokenizer, [texts[i] for i in shortest], max_new_tokens, batch_size)
-            self.identical += sum(a == self.replies[keys[i]] for a, i in zip(again, shortest))
-            self.checked += len(shortest)
-            self.reused += len(keys)
-            return [self.replies[k] for k in keys]
+        keys = tuple(self.key(t, max_new_tokens) for t in texts)
+        call = next((c for c in self.recorded if tuple(c["keys"]) == keys), None) if keys else None
+        if call is not None:
+            size = call["batch"]
+            last = longest_first(tokenizer, texts)[-(len(texts) % size or size):]
+            again = complete(judge, tokenizer, [texts[i] for i in last], max_new_tokens, size)
+            same = sum(a == call["replies"][i] for a, i in zip(again, last))
+            self.identical += same
+            self.checked += len(last)
+            if 4 * same >= 3 * len(last):   # greedy replies: on another processor one may flip at a near tie
+                self.reused += len(keys)
+                return list(call["replies"])
         out = complete(judge, tokenizer, texts, max_new_tokens, batch_size)
-        self.replies.update(zip(keys, out))
+        size = min(batch_size, SMALL_MEMORY_GENERATE_BATCH) if is_small() else batch_size
+        self.calls.append({"keys": keys, "replies": out, "batch": size})
         self.asked += len(keys)
         return out
 
@@ -689,23 +699,25 @@ class JudgeReplies:
     def line(self) -> str:
         parts = []
         if self.reused:
-            parts.append(f"{self.reused} replies from the recording ({self.identical} of {self.checked} asked again "
-                         "now were identical)")
+            parts.append(f"{self.reused} replies from {self.source}")
+        if self.checked:
+            parts.append(f"{self.identical} of {self.checked} asked again now identical")
         if self.asked:
             parts.append(f"{self.asked} asked now")
         return "judge: " + ("; ".join(parts) or "nothing asked yet")
 
     def rows(self) -> list[dict]:
-        """The replies as recording rows: {"part": "judge", "row", "key", "reply"}."""
-        return [{"part": "judge", "row": i, "key": k, "reply": r} for i, (k, r) in enumerate(self.replies.items())]
+        """The calls asked now as recording rows: {"part": "judge", "call", "row", "key", "reply", "batch"}."""
+        return [{"part": "judge", "call": c, "row": i, "key": k, "reply": r, "batch": call["batch"]}
+                for c, call in enumerate(self.calls) for i, (k, r) in enumerate(zip(call["keys"], call["replies"]))]
 
 
-def judge_scores(judge, tokenizer, instructions, references, answers, replies: JudgeReplies | None = None) -> dict:
+def judge_scores(judge, tokenizer, instructions, references, answers, judge_replies: JudgeReplies | None = None) -> dict:
     """Rubric scores 1-5 per answer. A reply that does not parse is None and is counted, never guessed. With
-    `replies`, recorded replies to the same prompts are reused (`JudgeReplies`)."""
+    `judge_replies`, a recorded call with the same prompts is reused (`JudgeReplies`)."""
     replies = _ask(judge, tokenizer, [SCORE_PROMPT.format(instruction=_clip(i), reference=_clip(r), answer=_clip(a))
                                       for i, r, a in zip(instructions, references, answers)], max_new_tokens=6,
-                   prefix="Score:", replies=replies)
+                   prefix="Score:", replies=judge_replies)
     scores = []
     for reply in replies:
         try:
@@ -742,10 +754,10 @@ def _swap_letters(word: str, rng) -> str:
 
 
 def judge_pairs(judge, tokenizer, instructions, references, kinds=CORRUPTIONS, seed: int = 0,
-                replies: JudgeReplies | None = None):
+                judge_replies: JudgeReplies | None = None):
     """Reference vs each corruption, asked in both orders. Returns a DataFrame per pair: the judge's pick in each
     order, the share of the two orders in which it preferred the reference (0, 0.5 or 1), and whether it agreed with
-    itself. With `replies`, recorded replies to the same prompts are reused (`JudgeReplies`)."""
+    itself. With `judge_replies`, a recorded call with the same prompts is reused (`JudgeReplies`)."""
     import pandas as pd
 
     rows = []
@@ -758,7 +770,7 @@ def judge_pairs(judge, tokenizer, instructions, references, kinds=CORRUPTIONS, s
     for r in rows:  # order 1: reference is A; order 2: reference is B
         prompts += [PAIR_PROMPT.format(instruction=_clip(r["instruction"]), a=_clip(r["reference"]), b=_clip(r["corrupted"])),
                     PAIR_PROMPT.format(instruction=_clip(r["instruction"]), a=_clip(r["corrupted"]), b=_clip(r["reference"]))]
-    replies = _ask(judge, tokenizer, prompts, max_new_tokens=4, prefix="Answer:", replies=replies)
+    replies = _ask(judge, tokenizer, prompts, max_new_tokens=4, prefix="Answer:", replies=judge_replies)
     for k, r in enumerate(rows):
         picks = []
         for reply in replies[2 * k:2 * k + 2]:
@@ -1363,14 +1375,16 @@ def dolly_scores(name: str, model, tokenizer, d, result=None, **extra):
 
 # The untrained model's side: section 1's template check (its answers to the sentiment probe and the general
 # questions, per template), section 3's base row (its held-out and validation losses per row, its answers to the
-# holdout instructions) and section 4's judge replies (its scores of those answers and the reliability pairs). The same for every learner, so recorded (`python -m ftkit record instruct_base`, about 4
-# minutes on 2 cores) and checked in the notebook on a few rows, answered and scored again.
+# holdout instructions) and section 4's judge replies (its scores of those answers and the reliability pairs). The
+# same for every learner, so recorded (`python -m ftkit record instruct_base`, about MIN minutes on 2 cores) and
+# checked in the notebook on a few rows, answered, scored and judged again.
 def base_settings(profile) -> dict:
     """What decides the base model's recorded side (`ftkit.results.SWEEPS["instruct_base"]`)."""
     p = getattr(profile, "profile", profile)
     S = sizes(profile)
     return {"model": p.models["causal"], "judge": p.models["judge"], "template": "alpaca",
-            "answer words": MAX_ANSWER_WORDS, "templates": list(TEMPLATES), "judge prompts": "v1",
+            "answer words": MAX_ANSWER_WORDS, "templates": list(TEMPLATES),
+            "judge prompts": hashlib.sha1((SCORE_PROMPT + PAIR_PROMPT).encode()).hexdigest()[:12],
             **{k: S[k] for k in ("train pairs", "validation pairs", "loss pairs", "answers", "max length", "new tokens",
                                  "task validation", "general questions", "judge pairs")}}
 
@@ -1401,7 +1415,7 @@ def base_side(cfg) -> list[dict]:
     instructions, references = [r["instruction"] for r in d.eval_rows], [r["response"] for r in d.eval_rows]
     judge_scores(judge, judge_tok, instructions, references, answers, replies)
     n = d.sizes["judge pairs"]
-    judge_pairs(judge, judge_tok, instructions[:n], references[:n], replies=replies)
+    judge_pairs(judge, judge_tok, instructions[:n], references[:n], judge_replies=replies)
     return rows + replies.rows()
 
 
@@ -1409,8 +1423,11 @@ def recorded_base_side(recorded):
     """`base_side`'s rows (`results.sweep_rows("instruct_base", cfg)`) read back: `.losses` and `.validation_losses`
     ([(loss sum, tokens)] per row, as `response_losses` gives them), `.answers` and `.instructions` (one per holdout
     instruction, in order), `.sentiment` and `.general` (the template check's answers, per template), `.judge` (the
-    judge's replies by prompt key, for `JudgeReplies`) and `.settings` (the recording's `base_settings`)."""
+    judge's recorded calls, for `JudgeReplies`), `.settings` (the recording's `base_settings`) and `.live` (whether
+    it was computed now, by `ftkit.setup(live=True)`)."""
     from types import SimpleNamespace
+
+    provenance = getattr(recorded, "provenance", {})
 
     def part(name, *keys, template=None):
         rows = sorted((r for r in recorded if r["part"] == name and r.get("template") == template),
@@ -1422,8 +1439,18 @@ def recorded_base_side(recorded):
                            instructions=part("answer", "instruction"),
                            sentiment={t: part("sentiment", "answer", template=t) for t in TEMPLATES},
                            general={t: part("general", "answer", template=t) for t in TEMPLATES},
-                           judge=dict(part("judge", "key", "reply")),
-                           settings=dict(getattr(recorded, "provenance", {}).get("settings", {})))
+                           judge=judge_calls(recorded), settings=dict(provenance.get("settings", {})),
+                           live=bool(provenance.get("live")))
+
+
+def judge_calls(recorded) -> list[dict]:
+    """`JudgeReplies.rows` read back: one {"keys", "replies", "batch"} per recorded call, in order."""
+    calls: dict[int, dict] = {}
+    for r in sorted((r for r in recorded if r["part"] == "judge"), key=lambda r: (r["call"], r["row"])):
+        call = calls.setdefault(r["call"], {"keys": [], "replies": [], "batch": r["batch"]})
+        call["keys"].append(r["key"])
+        call["replies"].append(r["reply"])
+    return list(calls.values())
 
 
 def template_table(base, probe, questions) -> "pd.DataFrame":  # noqa: F821
@@ -1472,7 +1499,9 @@ def base_model_side(model, tokenizer, base, holdout, val_enc, eval_rows, new_tok
     if same:
         check = check_base_side(model, tokenizer, base, holdout, eval_rows, new_tokens, template)
         return SimpleNamespace(losses=base.losses, validation_losses=base.validation_losses, answers=base.answers,
-                               check=check, line=check["line"], judge=JudgeReplies(base.judge))
+                               check=check, line=check["line"],
+                               judge=JudgeReplies(base.judge, "the base side computed at the start" if base.live
+                                                  else "the recording"))
     return SimpleNamespace(losses=response_losses(model, holdout, tokenizer),
                            validation_losses=response_losses(model, val_enc, tokenizer),
                            answers=generate(model, tokenizer, eval_rows, new_tokens, template), check=None,

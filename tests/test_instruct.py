@@ -191,31 +191,36 @@ def test_judge_pairs_ask_both_orders_and_measure_position_bias(causal, monkeypat
     assert (pairs["prefers reference"] == 0.5).all()                  # a share of the two orders, not a count
 
 
-def test_recorded_judge_replies_are_reused_checked_on_the_last_batch_and_other_prompts_asked(causal, monkeypatch):
+def test_recorded_judge_calls_are_reused_checked_on_their_last_batch_and_other_calls_asked(causal, monkeypatch):
     model, tok = causal
     asked = []
 
-    def numbered(judge, tokenizer, texts, *a, **k):                   # a reply that names its prompt
+    def by_length(judge, tokenizer, texts, *a, **k):                  # a reply that depends on its prompt
         asked.append(list(texts))
-        return [f" {len(t)}" for t in texts]
+        return [f" {len(t) % 5 + 1}" for t in texts]
 
-    monkeypatch.setattr(instruct, "complete", numbered)
-    ins, refs, answers = ["q1", "q2 longer", "q3 much longer still"], ["r1", "r2", "r3"], ["a", "b", "c"]
+    monkeypatch.setattr(instruct, "complete", by_length)
+    monkeypatch.setattr(instruct, "is_small", lambda: True)          # batches of 4, as the cpu recording's
+    ins = [f"question {'x' * i}" for i in range(6)]
+    refs, answers = [f"reference {i}" for i in range(6)], [f"answer {i}" for i in range(6)]
     recording = instruct.JudgeReplies()
     recorded = instruct.judge_scores(model, tok, ins, refs, answers, recording)
-    assert recording.asked == 3 and len(recording.rows()) == 3 and {r["part"] for r in recording.rows()} == {"judge"}
-    reread = instruct.JudgeReplies({r["key"]: r["reply"] for r in recording.rows()})
-    asked.clear()
+    rows = recording.rows()
+    assert recording.asked == 6 and len(rows) == 6 and {(r["part"], r["batch"]) for r in rows} == {("judge", 4)}
+    reread = instruct.JudgeReplies(instruct.judge_calls(rows))
+    prompts = asked.pop()
     assert instruct.judge_scores(model, tok, ins, refs, answers, reread) == recorded
-    shortest = instruct.longest_first(tok, asked[0])                 # only the last batch was asked again ...
-    assert len(asked) == 1 and len(asked[0]) == 3 % 4 and reread.identical == reread.checked == 3
-    assert reread.reused == 3 and reread.asked == 0 and "3 of 3" in reread.line and shortest
-    instruct.judge_scores(model, tok, ins, refs, ["other", "b", "c"], reread)      # ... another prompt: all asked now
-    assert reread.asked == 3 and len(asked[-1]) == 3 and "3 asked now" in reread.line
-    monkeypatch.setattr(instruct, "complete", lambda judge, tokenizer, texts, *a, **k: [" 1"] * len(texts))
-    changed = instruct.JudgeReplies({r["key"]: r["reply"] for r in recording.rows()})
-    instruct.judge_scores(model, tok, ins, refs, answers, changed)      # a judge that now answers otherwise
-    assert changed.checked == 3 and changed.identical == 0
+    assert len(asked) == 1                  # only the last batch of 4 + 2 asked again: the two shortest prompts
+    assert asked[0] == [prompts[i] for i in instruct.longest_first(tok, prompts)[-2:]]
+    assert reread.reused == 6 and reread.asked == 0 and reread.identical == reread.checked == 2
+    assert "6 replies from the recording" in reread.line and "2 of 2" in reread.line
+    instruct.judge_scores(model, tok, ins[:5], refs[:5], answers[:5], reread)     # other prompts: asked now
+    assert reread.asked == 5 and len(asked[-1]) == 5 and "5 asked now" in reread.line
+    monkeypatch.setattr(instruct, "complete", lambda judge, tokenizer, texts, *a, **k: [" 9"] * len(texts))
+    changed = instruct.JudgeReplies(instruct.judge_calls(rows))
+    out = instruct.judge_scores(model, tok, ins, refs, answers, changed)         # a judge that now replies otherwise
+    assert changed.identical == 0 and changed.checked == 2 and changed.reused == 0 and changed.asked == 6
+    assert out["parse failures"] == 6                                  # its own replies, asked now, not the recording's
 
 
 # --------------------------------------------------------------------------- corruptions
@@ -537,7 +542,7 @@ def test_the_recorded_base_side_is_the_base_model_now(cfg, causal):
     assert side.answers == base.answers and side.check is not None
     ins, refs, n = [r["instruction"] for r in d.eval_rows], [r["response"] for r in d.eval_rows], d.sizes["judge pairs"]
     scores = instruct.judge_scores(model, tok, ins, refs, side.answers, side.judge)     # section 4's judge, recorded
-    pairs = instruct.judge_pairs(model, tok, ins[:n], refs[:n], replies=side.judge)
+    pairs = instruct.judge_pairs(model, tok, ins[:n], refs[:n], judge_replies=side.judge)
     assert side.judge.asked == 0 and side.judge.reused == len(ins) + 8 * n
     assert side.judge.identical == side.judge.checked > 0
     assert scores == instruct.judge_scores(model, tok, ins, refs, side.answers)        # as if asked now

@@ -164,8 +164,8 @@ def q2(label_row):
 # --------------------------------------------------------------------------- q3
 @check.exercise(title="Fix it when decoding", tier="stretch",
                 hint="Call `instruct.generate(model, tok, half, NEW_TOKENS, TEMPLATE, **setting)` with your "
-                     "setting, compare with `answers['base'][:len(half)]`, count with `instruct.error_counts(answers, instructions, references)`, and return "
-                     "the dict the task describes. The check recounts your answers, so the counts must be theirs.")
+                     "setting, compare with `answers['base'][:len(half)]`, count with "
+                     "`instruct.error_counts(answers, instructions, references)`, and return the dict the task describes. The check recounts your answers, so the counts must be theirs.")
 def q3(experiment):
     """experiment: {"setting": dict of generate() arguments, "answers": your answers, "default answers": the
     default's, "instructions", "references", "counts": error counts of your answers, "default counts"}."""
