@@ -1376,7 +1376,7 @@ def dolly_scores(name: str, model, tokenizer, d, result=None, **extra):
 # The untrained model's side: section 1's template check (its answers to the sentiment probe and the general
 # questions, per template), section 3's base row (its held-out and validation losses per row, its answers to the
 # holdout instructions) and section 4's judge replies (its scores of those answers and the reliability pairs). The
-# same for every learner, so recorded (`python -m ftkit record instruct_base`, about MIN minutes on 2 cores) and
+# same for every learner, so recorded (`python -m ftkit record instruct_base`, about 4 minutes on 2 cores) and
 # checked in the notebook on a few rows, answered, scored and judged again.
 def base_settings(profile) -> dict:
     """What decides the base model's recorded side (`ftkit.results.SWEEPS["instruct_base"]`)."""

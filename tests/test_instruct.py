@@ -549,7 +549,7 @@ def test_the_recorded_base_side_is_the_base_model_now(cfg, causal):
     assert pairs.equals(instruct.judge_pairs(model, tok, ins[:n], refs[:n]))
     fewer = d.eval_rows[:2]                                  # a learner's smaller N_EVAL: computed now, and said so
     side = instruct.base_model_side(model, tok, base, d.holdout, d.val_enc, fewer, d.sizes["new tokens"])
-    assert side.check is None and len(side.answers) == 2 and "computed now" in side.line and not side.judge.replies
+    assert side.check is None and len(side.answers) == 2 and "computed now" in side.line and not side.judge.recorded
     assert [n for _, n in side.losses] == [n for _, n in base.losses]
     assert [l for l, _ in side.losses] == pytest.approx([l for l, _ in base.losses], rel=1e-4, abs=1e-4)
     changed = instruct.base_model_side(model, tok, base, d.holdout, d.val_enc, d.eval_rows, d.sizes["new tokens"] + 1)
