@@ -790,11 +790,11 @@ def judge_reliability(pairs) -> dict:
     if len(pairs) == 0:
         raise ValueError("no judged pairs: judge_pairs needs at least one instruction and reference")
     picks = pairs[["pick (ref=A)", "pick (ref=B)"]].to_numpy().ravel()
-    parsed = [p for p in picks if p is not None]
+    parsed = [p for p in picks if isinstance(p, str)]   # an unparsed pick is None, or NaN in a pandas string column
     return {"pairs": len(pairs), "prefers reference %": 100 * pairs["prefers reference"].mean(),
             "consistent when swapped %": 100 * pairs["consistent"].mean(),
-            "picks A %": 100 * sum(p == "A" for p in parsed) / max(len(parsed), 1),
-            "parse failures": int(sum(p is None for p in picks))}
+            "picks A %": 100 * sum(p == "A" for p in parsed) / len(parsed) if parsed else float("nan"),
+            "parse failures": len(picks) - len(parsed)}
 
 
 # --------------------------------------------------------------------------- error analysis

@@ -189,6 +189,10 @@ def test_judge_pairs_ask_both_orders_and_measure_position_bias(causal, monkeypat
     rel = instruct.judge_reliability(pairs)
     assert rel["picks A %"] == 100 and rel["consistent when swapped %"] == 0 and rel["prefers reference %"] == 50
     assert (pairs["prefers reference"] == 0.5).all()                  # a share of the two orders, not a count
+    monkeypatch.setattr(instruct, "complete", lambda judge, tokenizer, texts, *a, **k:
+                        [" A", " A or B"] * (len(texts) // 2))       # order 2 never parses
+    rel = instruct.judge_reliability(instruct.judge_pairs(model, tok, ["q1", "q2"], ["first one", "second one"]))
+    assert rel["parse failures"] == 8 and rel["picks A %"] == 100 and rel["consistent when swapped %"] == 0
 
 
 def test_recorded_judge_calls_are_reused_checked_on_their_last_batch_and_other_calls_asked(causal, monkeypatch):

@@ -16,8 +16,8 @@ check = Session("07_choosing_an_approach")
                      "example does not fit), and never below 0.")
 def q1(max_k):
     """max_k(base_tokens, tokens_per_example, context, reserve) -> int: the most examples that fit."""
-    cases = [((54, 59.2, 8192, 8), 137, "session 07's prompt in SmolLM2's context"),
-             ((54, 59.2, 2048, 8), 33, "a 2,048-token context"),
+    cases = [((55, 57.2, 8192, 8), 142, "session 07's prompt, 55 + 57.2 x k tokens, in SmolLM2's context"),
+             ((55, 57.2, 2048, 8), 34, "a 2,048-token context"),
              ((100, 50, 1000, 30), 17, "100 + 17 x 50 + 30 = 980 tokens; one more example is 1,030"),
              ((1000, 10, 1000, 8), 0, "a bare prompt that already fills the context"),
              ((1100, 10, 1000, 8), 0, "a bare prompt 108 tokens over the context, more than an example's 10")]
@@ -38,7 +38,7 @@ def q1(max_k):
         if got != want and got == int((context - reserve) // per):
             expect(False, f"{shown} returned {got}: the bare prompt (base_tokens) takes space too; {want} fit")
         expect(got == want, f"{shown} returned {got}; {want} examples fit ({why})")
-    return "137 examples fit in SmolLM2's 8,192 tokens: space does not limit k = 8 here, time does"
+    return "142 examples fit in SmolLM2's 8,192 tokens: space does not limit k = 8 here, time does"
 
 
 # --------------------------------------------------------------------------- q2
