@@ -1043,7 +1043,8 @@ def summarize(scored, seed: int = 0, draws: int = 1000) -> "pd.DataFrame":  # no
     rng = np.random.default_rng(seed)
     rows = []
     for name, part in scored.groupby("model", sort=False):
-        row = {"model": name, "answers": len(part), "judge parse failures": int(part["judge"].isna().sum())}
+        asked = part["judge reply"].notna() if "judge reply" in part else True    # no judge: nothing failed
+        row = {"model": name, "answers": len(part), "judge parse failures": int((part["judge"].isna() & asked).sum())}
         for metric in ("rouge1", "rouge2", "rougeL", "cosine", "judge"):
             x = part[metric].dropna().to_numpy(dtype=float)
             if len(x) == 0:
@@ -1058,8 +1059,9 @@ def summarize(scored, seed: int = 0, draws: int = 1000) -> "pd.DataFrame":  # no
 
 
 def metric_agreement(scored) -> "pd.DataFrame":  # noqa: F821
-    """Spearman rank correlation between ROUGE-L, cosine and the judge over all scored answers."""
-    return scored[["rougeL", "cosine", "judge"]].dropna().corr(method="spearman")
+    """Spearman rank correlation between ROUGE-L, cosine and the judge over all scored answers (a metric that was not
+    computed, e.g. no judge, is left out; rows where the judge did not parse are left out)."""
+    return scored[["rougeL", "cosine", "judge"]].dropna(axis=1, how="all").dropna().corr(method="spearman")
 
 
 # --------------------------------------------------------------------------- what the tuned model gets wrong, fixed in the data

@@ -194,7 +194,10 @@ def read_file(path: str, flag: str, kind: str):
     elif len([line for line in text.splitlines() if line.strip()]) < 2:
         raise ValueError(f"{flag} {path!r} has a header line but no rows ({what})")
     try:
-        ds = load_dataset(kind, data_files={"train": path}, split="train")
+        # CSV: only an empty cell is missing; pandas' default markers would turn a text or label "NA", "None" or
+        # "null" into a missing value
+        options = {"keep_default_na": False, "na_values": [""]} if kind == "csv" else {}
+        ds = load_dataset(kind, data_files={"train": path}, split="train", **options)
     except Exception as err:                    # datasets wraps the reader's error; show its own words, once
         cause = err
         while cause.__cause__ is not None or cause.__context__ is not None:

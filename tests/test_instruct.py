@@ -273,6 +273,9 @@ def test_summary_and_agreement_leave_unparsed_judge_scores_out():
     row = instruct.summarize(scored).iloc[0]
     assert row["judge parse failures"] == 1 and row["judge"] == pytest.approx(7 / 3)
     assert instruct.metric_agreement(scored).loc["rougeL", "cosine"] == pytest.approx(1.0)
+    no_judge = scored.assign(judge=None, **{"judge reply": None})          # score_answers without a judge
+    assert instruct.summarize(no_judge).iloc[0]["judge parse failures"] == 0
+    assert list(instruct.metric_agreement(no_judge).columns) == ["rougeL", "cosine"]
 
 
 def test_sentiment_instructions_and_parser():

@@ -94,6 +94,16 @@ def test_unknown_task_and_missing_columns(tmp_path, capsys):
     assert "has no column 'text' (columns: ['sentence', 'y'])" in err
 
 
+def test_csv_texts_and_labels_that_look_like_missing_values_are_kept(tmp_path):
+    """pandas' default markers would read "NA", "None" and "null" as missing; only an empty cell is."""
+    from ftkit.recipes import read_file
+
+    f = tmp_path / "mine.csv"
+    f.write_text("text,label\nNA,None\nnull,yes\n")
+    ds = read_file(str(f), "--train-file", "csv")
+    assert ds["text"] == ["NA", "null"] and ds["label"] == ["None", "yes"]
+
+
 def test_an_output_dir_with_another_run_is_refused_without_overwrite(tmp_path, capsys):
     out = tmp_path / "out"
     args = ["classify", "--data", "rotten_tomatoes", *SMOKE, "--max-steps", "1", "--output-dir", str(out)]
