@@ -660,16 +660,18 @@ class JudgeReplies:
 
     Calls recorded for the base model (`base_side`'s "judge" rows, read back by `recorded_base_side`) are reused when
     a call asks exactly a recorded call's prompts, in the same order: its last batch in `complete`'s order (the
-    shortest prompts) is asked again now at the recorded batch size and compared (`.identical` of `.checked`). If
-    fewer than three in four of them match, the whole call is asked now. Any other call is asked now and kept in
-    `.calls` (that is how `base_side` records them). `.line` says which happened; `source` names where the recorded
-    calls came from."""
+    shortest prompts) is asked again now at the recorded batch size and compared. If fewer than three in four of them
+    match, the whole call is asked now. Any other call is asked now and kept in `.calls` (that is how `base_side`
+    records them). `.reused` and `.asked_now` hold one entry per distinct call (running a cell again adds nothing);
+    `.line` sums them up; `source` names where the recorded calls came from."""
 
     def __init__(self, recorded=(), source: str = "the recording"):
         self.recorded = [dict(c) for c in recorded]
         self.source = source
         self.calls: list[dict] = []
-        self.reused = self.asked = self.identical = self.checked = 0
+        self.reused: dict[tuple, dict] = {}      # prompt keys -> {"replies", "identical", "checked"}
+        self.asked_now: dict[tuple, int] = {}    # prompt keys -> replies asked now
+        self.rejected: dict[tuple, tuple] = {}   # prompt keys -> (identical, checked) of a recorded call asked now
 
     @staticmethod
     def key(text: str, max_new_tokens: int) -> str:
@@ -684,27 +686,37 @@ class JudgeReplies:
             last = longest_first(tokenizer, texts)[-(len(texts) % size or size):]
             again = complete(judge, tokenizer, [texts[i] for i in last], max_new_tokens, size)
             same = sum(a == call["replies"][i] for a, i in zip(again, last))
-            self.identical += same
-            self.checked += len(last)
             if 4 * same >= 3 * len(last):   # greedy replies: on another processor one may flip at a near tie
-                self.reused += len(keys)
+                self.reused[keys] = {"replies": len(keys), "identical": same, "checked": len(last)}
                 return list(call["replies"])
+            self.rejected[keys] = (same, len(last))
         out = complete(judge, tokenizer, texts, max_new_tokens, batch_size)
         size = min(batch_size, SMALL_MEMORY_GENERATE_BATCH) if is_small() else batch_size
         self.calls.append({"keys": keys, "replies": out, "batch": size})
-        self.asked += len(keys)
+        self.reused.pop(keys, None)
+        self.asked_now[keys] = len(keys)
         return out
+
+    @property
+    def identical(self) -> int:
+        return sum(r["identical"] for r in self.reused.values())
+
+    @property
+    def checked(self) -> int:
+        return sum(r["checked"] for r in self.reused.values())
 
     @property
     def line(self) -> str:
         parts = []
         if self.reused:
-            parts.append(f"{self.reused} replies from {self.source}")
-        if self.checked:
-            parts.append(f"{self.identical} of {self.checked} asked again now identical")
-        if self.asked:
-            parts.append(f"{self.asked} asked now")
-        return "judge: " + ("; ".join(parts) or "nothing asked yet")
+            parts.append(f"{sum(r['replies'] for r in self.reused.values())} replies from {self.source} (the "
+                         f"{self.checked} shortest prompts asked again now: {self.identical} identical)")
+        if self.asked_now:
+            parts.append(f"{sum(self.asked_now.values())} replies asked now")
+        for same, checked in self.rejected.values():
+            parts.append(f"a recorded call's shortest {checked} prompts gave {same} identical replies now, so the "
+                         "whole call was asked now")
+        return "judge replies: " + ("; ".join(parts) or "none asked yet")
 
     def rows(self) -> list[dict]:
         """The calls asked now as recording rows: {"part": "judge", "call", "row", "key", "reply", "batch"}."""
@@ -760,6 +772,10 @@ def judge_pairs(judge, tokenizer, instructions, references, kinds=CORRUPTIONS, s
     itself. With `judge_replies`, a recorded call with the same prompts is reused (`JudgeReplies`)."""
     import pandas as pd
 
+    if len(instructions) != len(references) or len(references) < 2:
+        raise ValueError(f"judge_pairs needs at least 2 references, one instruction each (the 'other answer' "
+                         f"corruption takes the next reference); got {len(instructions)} instructions and "
+                         f"{len(references)} references. In session 05, set N_PAIRS between 2 and N_EVAL")
     rows = []
     for i, (ins, ref) in enumerate(zip(instructions, references)):
         other = references[(i + 1) % len(references)]
@@ -786,7 +802,8 @@ def judge_pairs(judge, tokenizer, instructions, references, kinds=CORRUPTIONS, s
 
 
 def judge_reliability(pairs) -> dict:
-    """Summary of `judge_pairs`: accuracy over both orders, self-agreement, and the share of 'A' picks."""
+    """Summary of `judge_pairs`: accuracy over both orders, self-agreement, the share of 'A' among the parsed picks,
+    and the replies (two per pair) that named no single answer."""
     if len(pairs) == 0:
         raise ValueError("no judged pairs: judge_pairs needs at least one instruction and reference")
     picks = pairs[["pick (ref=A)", "pick (ref=B)"]].to_numpy().ravel()
@@ -794,7 +811,7 @@ def judge_reliability(pairs) -> dict:
     return {"pairs": len(pairs), "prefers reference %": 100 * pairs["prefers reference"].mean(),
             "consistent when swapped %": 100 * pairs["consistent"].mean(),
             "picks A %": 100 * sum(p == "A" for p in parsed) / len(parsed) if parsed else float("nan"),
-            "parse failures": len(picks) - len(parsed)}
+            "unparsed replies": len(picks) - len(parsed)}
 
 
 # --------------------------------------------------------------------------- error analysis
@@ -1495,20 +1512,22 @@ def base_model_side(model, tokenizer, base, holdout, val_enc, eval_rows, new_tok
     def graded(split):
         return [sum(label != -100 for label in row["labels"][1:]) for row in split]
 
-    same = (base.settings.get("new tokens") == new_tokens and base.settings.get("template") == template
-            and [n for _, n in base.losses] == graded(holdout) and [n for _, n in base.validation_losses] == graded(val_enc)
-            and base.instructions == [r["instruction"] for r in eval_rows])
-    if same:
+    differs = [what for what, same in (
+        ("NEW_TOKENS", base.settings.get("new tokens") == new_tokens), ("TEMPLATE", base.settings.get("template") == template),
+        ("the holdout rows (N_LOSS, MAX_LEN)", [n for _, n in base.losses] == graded(holdout)),
+        ("the validation rows (N_VAL, MAX_LEN)", [n for _, n in base.validation_losses] == graded(val_enc)),
+        ("the instructions answered (N_EVAL)", base.instructions == [r["instruction"] for r in eval_rows])) if not same]
+    # the judge's recorded replies are looked up by their exact prompts, so they serve whatever still matches
+    judge = JudgeReplies(base.judge, "the base side computed at the start" if base.live else "the recording")
+    if not differs:
         check = check_base_side(model, tokenizer, base, holdout, eval_rows, new_tokens, template)
         return SimpleNamespace(losses=base.losses, validation_losses=base.validation_losses, answers=base.answers,
-                               check=check, line=check["line"],
-                               judge=JudgeReplies(base.judge, "the base side computed at the start" if base.live
-                                                  else "the recording"))
+                               check=check, line=check["line"], judge=judge)
     return SimpleNamespace(losses=response_losses(model, holdout, tokenizer),
                            validation_losses=response_losses(model, val_enc, tokenizer),
                            answers=generate(model, tokenizer, eval_rows, new_tokens, template), check=None,
-                           line="base side: your settings differ from the recording's, so it was computed now",
-                           judge=JudgeReplies())
+                           line=f"base side: {', '.join(differs)} differ from the recording's, so it was computed now",
+                           judge=judge)
 
 
 def check_base_side(model, tokenizer, base, holdout, eval_rows, new_tokens: int, template: str = "alpaca",

@@ -748,7 +748,7 @@ CASES += [
     wrong("instruct", "q2", label_row_fixed_prompt_length, "count the prompt's tokens each time"),
     right("instruct", "q3", decoding_experiment()),
     wrong("instruct", "q3", decoding_experiment(recount_off=True), "differ from a recount"),
-    wrong("instruct", "q3", decoding_experiment(same=True), "did the setting reach generate()"),
+    wrong("instruct", "q3", decoding_experiment(same=True), "the setting did not reach generate()"),
     wrong("instruct", "q3", {**decoding_experiment(), "setting": {"beam_width": 2}}, "not generation settings"),
     wrong("instruct", "q3", {"answers": []}, "return a dict with the keys"),
 ]

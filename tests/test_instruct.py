@@ -192,7 +192,7 @@ def test_judge_pairs_ask_both_orders_and_measure_position_bias(causal, monkeypat
     monkeypatch.setattr(instruct, "complete", lambda judge, tokenizer, texts, *a, **k:
                         [" A", " A or B"] * (len(texts) // 2))       # order 2 never parses
     rel = instruct.judge_reliability(instruct.judge_pairs(model, tok, ["q1", "q2"], ["first one", "second one"]))
-    assert rel["parse failures"] == 8 and rel["picks A %"] == 100 and rel["consistent when swapped %"] == 0
+    assert rel["unparsed replies"] == 8 and rel["picks A %"] == 100 and rel["consistent when swapped %"] == 0
 
 
 def test_recorded_judge_calls_are_reused_checked_on_their_last_batch_and_other_calls_asked(causal, monkeypatch):
@@ -210,21 +210,30 @@ def test_recorded_judge_calls_are_reused_checked_on_their_last_batch_and_other_c
     recording = instruct.JudgeReplies()
     recorded = instruct.judge_scores(model, tok, ins, refs, answers, recording)
     rows = recording.rows()
-    assert recording.asked == 6 and len(rows) == 6 and {(r["part"], r["batch"]) for r in rows} == {("judge", 4)}
+    assert sum(recording.asked_now.values()) == 6 and len(rows) == 6 and {(r["part"], r["batch"]) for r in rows} == {("judge", 4)}
     reread = instruct.JudgeReplies(instruct.judge_calls(rows))
     prompts = asked.pop()
     assert instruct.judge_scores(model, tok, ins, refs, answers, reread) == recorded
     assert len(asked) == 1                  # only the last batch of 4 + 2 asked again: the two shortest prompts
     assert asked[0] == [prompts[i] for i in instruct.longest_first(tok, prompts)[-2:]]
-    assert reread.reused == 6 and reread.asked == 0 and reread.identical == reread.checked == 2
-    assert "6 replies from the recording" in reread.line and "2 of 2" in reread.line
+    assert list(reread.reused.values()) == [{"replies": 6, "identical": 2, "checked": 2}] and not reread.asked_now
+    assert "6 replies from the recording (the 2 shortest prompts asked again now: 2 identical)" in reread.line
+    instruct.judge_scores(model, tok, ins, refs, answers, reread)     # the cell run again: counted once
+    assert len(reread.reused) == 1 and reread.checked == 2
     instruct.judge_scores(model, tok, ins[:5], refs[:5], answers[:5], reread)     # other prompts: asked now
-    assert reread.asked == 5 and len(asked[-1]) == 5 and "5 asked now" in reread.line
+    assert sum(reread.asked_now.values()) == 5 and len(asked[-1]) == 5 and "5 replies asked now" in reread.line
     monkeypatch.setattr(instruct, "complete", lambda judge, tokenizer, texts, *a, **k: [" 9"] * len(texts))
     changed = instruct.JudgeReplies(instruct.judge_calls(rows))
     out = instruct.judge_scores(model, tok, ins, refs, answers, changed)         # a judge that now replies otherwise
-    assert changed.identical == 0 and changed.checked == 2 and changed.reused == 0 and changed.asked == 6
+    assert not changed.reused and list(changed.rejected.values()) == [(0, 2)] and sum(changed.asked_now.values()) == 6
+    assert "gave 0 identical replies now, so the whole call was asked now" in changed.line
     assert out["parse failures"] == 6                                  # its own replies, asked now, not the recording's
+
+
+def test_judge_pairs_need_two_references_and_say_which_setting(causal):
+    model, tok = causal
+    with pytest.raises(ValueError, match="at least 2 references.*N_PAIRS between 2 and N_EVAL"):
+        instruct.judge_pairs(model, tok, ["q1"], ["only one"])
 
 
 # --------------------------------------------------------------------------- corruptions
@@ -550,17 +559,18 @@ def test_the_recorded_base_side_is_the_base_model_now(cfg, causal):
     ins, refs, n = [r["instruction"] for r in d.eval_rows], [r["response"] for r in d.eval_rows], d.sizes["judge pairs"]
     scores = instruct.judge_scores(model, tok, ins, refs, side.answers, side.judge)     # section 4's judge, recorded
     pairs = instruct.judge_pairs(model, tok, ins[:n], refs[:n], judge_replies=side.judge)
-    assert side.judge.asked == 0 and side.judge.reused == len(ins) + 8 * n
+    assert not side.judge.asked_now and sum(r["replies"] for r in side.judge.reused.values()) == len(ins) + 8 * n
     assert side.judge.identical == side.judge.checked > 0
     assert scores == instruct.judge_scores(model, tok, ins, refs, side.answers)        # as if asked now
     assert pairs.equals(instruct.judge_pairs(model, tok, ins[:n], refs[:n]))
     fewer = d.eval_rows[:2]                                  # a learner's smaller N_EVAL: computed now, and said so
     side = instruct.base_model_side(model, tok, base, d.holdout, d.val_enc, fewer, d.sizes["new tokens"])
-    assert side.check is None and len(side.answers) == 2 and "computed now" in side.line and not side.judge.recorded
+    assert side.check is None and len(side.answers) == 2 and "computed now" in side.line
+    assert "the instructions answered (N_EVAL)" in side.line and side.judge.recorded == base.judge   # pairs still serve
     assert [n for _, n in side.losses] == [n for _, n in base.losses]
     assert [l for l, _ in side.losses] == pytest.approx([l for l, _ in base.losses], rel=1e-4, abs=1e-4)
     changed = instruct.base_model_side(model, tok, base, d.holdout, d.val_enc, d.eval_rows, d.sizes["new tokens"] + 1)
-    assert changed.check is None                             # other new tokens: the recorded answers do not apply
+    assert changed.check is None and changed.line.startswith("base side: NEW_TOKENS differ")   # answers do not apply
     questions = d.task.questions
     table = instruct.template_table(base, d.task.probe, questions)
     for t in instruct.TEMPLATES:                             # the recorded answers score as the live ones would

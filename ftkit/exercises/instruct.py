@@ -163,9 +163,10 @@ def q2(label_row):
 
 # --------------------------------------------------------------------------- q3
 @check.exercise(title="Fix it when decoding", tier="stretch",
-                hint="Call `instruct.generate(model, tok, half, NEW_TOKENS, TEMPLATE, **setting)` with your "
-                     "setting, compare with `answers['base'][:len(half)]`, count with "
-                     "`instruct.error_counts(answers, instructions, references)`, and return the dict the task describes. The check recounts your answers, so the counts must be theirs.")
+                hint="`my_answers = instruct.generate(model, tok, half, NEW_TOKENS, TEMPLATE, **my_setting)` (for "
+                     "`max_new_tokens`, pass it in place of NEW_TOKENS), compare with `answers['base'][:len(half)]`, "
+                     "count with `instruct.error_counts(my_answers, my_instructions, my_references)`, and return the "
+                     "dict the task describes. The check recounts your answers, so the counts must be theirs.")
 def q3(experiment):
     """experiment: {"setting": dict of generate() arguments, "answers": your answers, "default answers": the
     default's, "instructions", "references", "counts": error counts of your answers, "default counts"}."""
@@ -193,7 +194,9 @@ def q3(experiment):
         expect(len(experiment[key]) == n and n > 0, f"'{key}' has {len(experiment[key])} entries for {n} "
                                                     "instructions: one per instruction, the same instructions")
     expect(list(experiment["answers"]) != list(experiment["default answers"]),
-           "your answers are the default's, word for word: did the setting reach generate()?")
+           "your answers are the default's, word for word: either the setting did not reach generate() (pass it as "
+           "**my_setting), or it changes nothing here (repetition_penalty=1.0, or max_length, which max_new_tokens "
+           "overrides); try a stronger one")
     for mine, answers in (("counts", "answers"), ("default counts", "default answers")):
         recount = instruct.error_counts(experiment[answers], experiment["instructions"], experiment["references"])
         expect(dict(experiment[mine]) == recount, f"'{mine}' {dict(experiment[mine])} differ from a recount of "
