@@ -194,9 +194,9 @@ def tokenize_instructions(ds, tokenizer, max_length: int, template: str = "alpac
     check_instruction_data(ds)
     cols = next(iter(ds.values())).column_names if hasattr(ds, "values") else ds.column_names
     out = ds.map(lambda row: label_example(row, tokenizer, template, max_length), remove_columns=cols)
-    for split, part in (out.items() if hasattr(out, "items") else [("data", out)]):
+    for what, part in (((f"split {k!r}", v) for k, v in out.items()) if hasattr(out, "items") else [("the tokenized rows", out)]):
         report_lost_responses(sum(all(l == -100 for l in labels) for labels in part["labels"]), len(part),
-                              max_length, f"split {split!r}")
+                              max_length, what)
     return out
 
 

@@ -472,7 +472,7 @@ def test_held_out_loss_over_no_response_token_is_refused(causal, capsys):
     with pytest.raises(ValueError, match="all 2 rows lose every response token"):
         instruct.tokenize_instructions(rows.select([0, 1]), tok, 40)
     kept = instruct.tokenize_instructions(rows, tok, 40)
-    assert "split 'data': 2 of 3 rows lose every response token at max_length=40" in capsys.readouterr().out
+    assert "the tokenized rows: 2 of 3 rows lose every response token at max_length=40" in capsys.readouterr().out
     assert math.isfinite(instruct.held_out_loss(model, kept, tok))
 
 
