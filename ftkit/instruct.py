@@ -600,7 +600,12 @@ def embedding_similarity(sentence_model, predictions, references) -> list[float]
     check_pairs(predictions, references)
     a = sentence_model.encode(list(predictions), convert_to_tensor=True, normalize_embeddings=True)
     b = sentence_model.encode(list(references), convert_to_tensor=True, normalize_embeddings=True)
-    return (a * b).sum(-1).tolist()
+    cosines = (a * b).sum(-1).tolist()
+    if is_small():      # the encoder's freed activations back to the OS (glibc keeps them), before the LM runs again
+        from .train import release_freed_memory
+
+        release_freed_memory()
+    return cosines
 
 
 # --------------------------------------------------------------------------- the judge
