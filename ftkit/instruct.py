@@ -531,6 +531,11 @@ def longest_first(tokenizer, texts) -> list[int]:
     return sorted(range(len(texts)), key=lambda i: -lengths[i])
 
 
+def generate_batch_size(batch_size: int) -> int:
+    """The prompts `complete` answers at once: `batch_size`, at most `SMALL_MEMORY_GENERATE_BATCH` on a small machine."""
+    return min(batch_size, SMALL_MEMORY_GENERATE_BATCH) if is_small() else batch_size
+
+
 def complete(model, tokenizer, texts, max_new_tokens: int = 48, batch_size: int = 8, **generate_kwargs) -> list[str]:
     """Greedy continuations of raw prompt texts (left padding, so every row ends where generation starts), in the
     order of `texts`. Prompts are batched by length (longest first), so a batch pads little; `generate_kwargs` go to
@@ -538,8 +543,7 @@ def complete(model, tokenizer, texts, max_new_tokens: int = 48, batch_size: int 
     from .train import release_freed_memory
 
     small = is_small()
-    if small:
-        batch_size = min(batch_size, SMALL_MEMORY_GENERATE_BATCH)
+    batch_size = generate_batch_size(batch_size)
     model.eval()
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     order = longest_first(tokenizer, texts)
@@ -692,12 +696,15 @@ class JudgeReplies:
             again = complete(judge, tokenizer, [texts[i] for i in last], max_new_tokens, size)
             same = sum(a == call["replies"][i] for a, i in zip(again, last))
             if 4 * same >= 3 * len(last):   # greedy replies: on another processor one may flip at a near tie
-                self.reused[keys] = {"replies": len(keys), "identical": same, "checked": len(last)}
+                self.reused[keys] = {"replies": len(keys), "identical": same, "checked": len(last),
+                                     "batches": (size, generate_batch_size(size))}
+                self.asked_now.pop(keys, None)
+                self.rejected.pop(keys, None)
                 return list(call["replies"])
             self.rejected[keys] = (same, len(last))
         out = complete(judge, tokenizer, texts, max_new_tokens, batch_size)
-        size = min(batch_size, SMALL_MEMORY_GENERATE_BATCH) if is_small() else batch_size
-        self.calls.append({"keys": keys, "replies": out, "batch": size})
+        self.calls = [c for c in self.calls if tuple(c["keys"]) != keys]      # a cell run again replaces its call
+        self.calls.append({"keys": keys, "replies": out, "batch": generate_batch_size(batch_size)})
         self.reused.pop(keys, None)
         self.asked_now[keys] = len(keys)
         return out
@@ -714,8 +721,11 @@ class JudgeReplies:
     def line(self) -> str:
         parts = []
         if self.reused:
-            parts.append(f"{sum(r['replies'] for r in self.reused.values())} replies from {self.source} (the "
-                         f"{self.checked} shortest prompts asked again now: {self.identical} identical)")
+            parts.append(f"{sum(r['replies'] for r in self.reused.values())} replies from {self.source} (each "
+                         f"call's shortest prompts asked again now: {self.identical} of {self.checked} identical)")
+        for recorded, now in {r["batches"] for r in self.reused.values() if r["batches"][0] != r["batches"][1]}:
+            parts.append(f"recorded {recorded} prompts at a time, asked again {now} at a time on this machine, so "
+                         "a reply may differ at a near tie")
         if self.asked_now:
             parts.append(f"{sum(self.asked_now.values())} replies asked now")
         for same, checked in self.rejected.values():
@@ -1081,8 +1091,9 @@ def summarize(scored, seed: int = 0, draws: int = 1000) -> "pd.DataFrame":  # no
 
 
 def metric_agreement(scored) -> "pd.DataFrame":  # noqa: F821
-    """Spearman rank correlation between ROUGE-L, cosine and the judge over all scored answers (a metric that was not
-    computed, e.g. no judge, is left out; rows where the judge did not parse are left out)."""
+    """Spearman rank correlation between ROUGE-L, cosine and the judge over all scored answers. A metric with no value
+    at all is left out (no judge, or a judge none of whose replies parsed); so are rows where the judge did not
+    parse."""
     return scored[["rougeL", "cosine", "judge"]].dropna(axis=1, how="all").dropna().corr(method="spearman")
 
 
@@ -1510,8 +1521,9 @@ def base_model_side(model, tokenizer, base, holdout, val_enc, eval_rows, new_tok
     """The base model's losses and answers for section 3 (a SimpleNamespace like `recorded_base_side`'s, with
     `.check`, `.line` and `.judge`, a `JudgeReplies` for section 4): the recorded ones, checked on a few rows now
     (`check_base_side`), when the recording scored the same rows, cut alike, and answered the same instructions with
-    the same template and new tokens; else all computed now, with a line that says so (e.g. you changed N_LOSS,
-    N_EVAL, MAX_LEN or NEW_TOKENS), and the judge asked everything now."""
+    the same template and new tokens; else all computed now, with a line that says which setting differs (N_LOSS,
+    N_EVAL, MAX_LEN, NEW_TOKENS, TEMPLATE). Either way the judge's recorded calls serve every call whose prompts still
+    match (the reliability pairs, unless N_PAIRS changed)."""
     from types import SimpleNamespace
 
     def graded(split):
@@ -1531,7 +1543,8 @@ def base_model_side(model, tokenizer, base, holdout, val_enc, eval_rows, new_tok
     return SimpleNamespace(losses=response_losses(model, holdout, tokenizer),
                            validation_losses=response_losses(model, val_enc, tokenizer),
                            answers=generate(model, tokenizer, eval_rows, new_tokens, template), check=None,
-                           line=f"base side: {', '.join(differs)} differ from the recording's, so it was computed now",
+                           line=f"base side: {', '.join(differs)} {'differs' if len(differs) == 1 else 'differ'} "
+                                f"from the recording's, so it was computed now",
                            judge=judge)
 
 

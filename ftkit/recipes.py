@@ -178,8 +178,9 @@ def load_files(train_file: str, eval_file: str | None, seed: int):
 
 
 def read_file(path: str, flag: str, kind: str):
-    """One JSONL or CSV file as a Dataset. An empty file, a line that is not a JSON object (named by its number) or a
-    file the reader rejects is a ValueError naming the flag and the file."""
+    """One JSONL or CSV file as a Dataset. In a CSV file only an empty cell is missing ("NA" or "None" stay text). An
+    empty file, a line that is not a JSON object (named by its number) or a file the reader rejects is a ValueError
+    naming the flag and the file."""
     from datasets import load_dataset
 
     try:

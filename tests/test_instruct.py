@@ -190,9 +190,12 @@ def test_judge_pairs_ask_both_orders_and_measure_position_bias(causal, monkeypat
     assert rel["picks A %"] == 100 and rel["consistent when swapped %"] == 0 and rel["prefers reference %"] == 50
     assert (pairs["prefers reference"] == 0.5).all()                  # a share of the two orders, not a count
     monkeypatch.setattr(instruct, "complete", lambda judge, tokenizer, texts, *a, **k:
-                        [" A", " A or B"] * (len(texts) // 2))       # order 2 never parses
-    rel = instruct.judge_reliability(instruct.judge_pairs(model, tok, ["q1", "q2"], ["first one", "second one"]))
-    assert rel["unparsed replies"] == 8 and rel["picks A %"] == 100 and rel["consistent when swapped %"] == 0
+                        [" A", " B", " A", " A or B"] * (len(texts) // 4))   # every other pair: order 2 unparsed
+    pairs = instruct.judge_pairs(model, tok, ["q1", "q2"], ["first one", "second one"])
+    assert pairs["pick (ref=B)"].isna().sum() == 4                    # parsed and unparsed picks in one column
+    rel = instruct.judge_reliability(pairs)
+    assert rel["unparsed replies"] == 4 and rel["picks A %"] == pytest.approx(200 / 3)
+    assert rel["consistent when swapped %"] == 50 and rel["prefers reference %"] == 75
 
 
 def test_recorded_judge_calls_are_reused_checked_on_their_last_batch_and_other_calls_asked(causal, monkeypatch):
@@ -227,6 +230,12 @@ def test_recorded_judge_calls_are_reused_checked_on_their_last_batch_and_other_c
     out = instruct.judge_scores(model, tok, ins, refs, answers, changed)         # a judge that now replies otherwise
     assert not changed.reused and list(changed.rejected.values()) == [(0, 2)] and sum(changed.asked_now.values()) == 6
     assert "gave 0 identical replies now, so the whole call was asked now" in changed.line
+    instruct.judge_scores(model, tok, ins, refs, answers, changed)         # asked now again: one call, kept once
+    assert len(changed.calls) == 1 and sum(changed.asked_now.values()) == 6
+    monkeypatch.setattr(instruct, "complete", by_length)                   # the judge agrees again: reused, and
+    instruct.judge_scores(model, tok, ins, refs, answers, changed)         # nothing stale is left in the line
+    assert len(changed.reused) == 1 and not changed.asked_now and not changed.rejected
+    assert "asked now" not in changed.line.replace("asked again now", "")
     assert out["parse failures"] == 6                                  # its own replies, asked now, not the recording's
 
 
