@@ -823,8 +823,8 @@ def judge_reliability(pairs) -> dict:
         raise ValueError("no judged pairs: judge_pairs needs at least one instruction and reference")
     picks = pairs[["pick (ref=A)", "pick (ref=B)"]].to_numpy().ravel()
     parsed = [p for p in picks if isinstance(p, str)]   # an unparsed pick is None, or NaN in a pandas string column
-    return {"pairs": len(pairs), "prefers reference %": 100 * pairs["prefers reference"].mean(),
-            "consistent when swapped %": 100 * pairs["consistent"].mean(),
+    return {"pairs": len(pairs), "prefers reference %": 100 * float(pairs["prefers reference"].mean()),
+            "consistent when swapped %": 100 * float(pairs["consistent"].mean()),
             "picks A %": 100 * sum(p == "A" for p in parsed) / len(parsed) if parsed else float("nan"),
             "unparsed replies": len(picks) - len(parsed)}
 
