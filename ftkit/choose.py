@@ -275,6 +275,8 @@ class AnswerIndex:
         if path is not None and path.is_file():
             self.vectors = np.load(path, allow_pickle=False)
             return
+        if is_small():      # start from the floor: 07 peaked at 1,826 MB here, over freed memory of earlier cells
+            release_freed_memory()
         self.vectors = sentence_model.encode(self.answers, batch_size=batch_size, convert_to_numpy=True,
                                              normalize_embeddings=True)
         if is_small():

@@ -12,6 +12,7 @@ import hashlib
 import numpy as np
 
 from . import data, metrics, models, train
+from .env import is_small
 from .models import cache_dir
 
 
@@ -45,6 +46,9 @@ def embed(texts, cfg, batch_size: int = 64, model_name: str | None = None) -> np
                               max_length=cfg.max_length, return_tensors="pt").to(cfg.device)
             chunks.append(mean_pool(encoder(**batch).last_hidden_state, batch["attention_mask"]).cpu().numpy())
     vectors = np.concatenate(chunks).astype(np.float32)
+    del encoder, batch
+    if is_small():      # the encoder and its activations, back to the OS (glibc keeps freed memory)
+        train.release_freed_memory()
     cached.parent.mkdir(parents=True, exist_ok=True)
     np.save(cached, vectors, allow_pickle=False)
     return vectors
