@@ -219,10 +219,14 @@ def test_recorded_judge_calls_are_reused_checked_on_their_last_batch_and_other_c
     assert instruct.judge_scores(model, tok, ins, refs, answers, reread) == recorded
     assert len(asked) == 1                  # only the last batch of 4 + 2 asked again: the two shortest prompts
     assert asked[0] == [prompts[i] for i in instruct.longest_first(tok, prompts)[-2:]]
-    assert list(reread.reused.values()) == [{"replies": 6, "identical": 2, "checked": 2}] and not reread.asked_now
+    assert list(reread.reused.values()) == [{"replies": 6, "identical": 2, "checked": 2, "batches": (4, 4)}]
+    assert not reread.asked_now and "at a time" not in reread.line
     assert "6 replies from the recording (the 2 shortest prompts asked again now: 2 identical)" in reread.line
     instruct.judge_scores(model, tok, ins, refs, answers, reread)     # the cell run again: counted once
     assert len(reread.reused) == 1 and reread.checked == 2
+    recorded_at_8 = instruct.JudgeReplies(instruct.judge_calls([{**r, "batch": 8} for r in rows]))
+    instruct.judge_scores(model, tok, ins, refs, answers, recorded_at_8)   # a batch this machine cannot repeat
+    assert recorded_at_8.checked == 6 and "recorded 8 prompts at a time, asked again 4 at a time" in recorded_at_8.line
     instruct.judge_scores(model, tok, ins[:5], refs[:5], answers[:5], reread)     # other prompts: asked now
     assert sum(reread.asked_now.values()) == 5 and len(asked[-1]) == 5 and "5 replies asked now" in reread.line
     monkeypatch.setattr(instruct, "complete", lambda judge, tokenizer, texts, *a, **k: [" 9"] * len(texts))
