@@ -194,7 +194,8 @@ def tokenize_instructions(ds, tokenizer, max_length: int, template: str = "alpac
     check_instruction_data(ds)
     cols = next(iter(ds.values())).column_names if hasattr(ds, "values") else ds.column_names
     out = ds.map(lambda row: label_example(row, tokenizer, template, max_length), remove_columns=cols)
-    for what, part in (((f"split {k!r}", v) for k, v in out.items()) if hasattr(out, "items") else [("the tokenized rows", out)]):
+    parts = {f"split {k!r}": v for k, v in out.items()} if hasattr(out, "items") else {"the tokenized rows": out}
+    for what, part in parts.items():
         report_lost_responses(sum(all(l == -100 for l in labels) for labels in part["labels"]), len(part),
                               max_length, what)
     return out
@@ -532,7 +533,8 @@ def longest_first(tokenizer, texts) -> list[int]:
 
 
 def generate_batch_size(batch_size: int) -> int:
-    """The prompts `complete` answers at once: `batch_size`, at most `SMALL_MEMORY_GENERATE_BATCH` on a small machine."""
+    """The prompts `complete` answers at once: `batch_size`, at most `SMALL_MEMORY_GENERATE_BATCH` on a small
+    machine."""
     return min(batch_size, SMALL_MEMORY_GENERATE_BATCH) if is_small() else batch_size
 
 
@@ -658,8 +660,10 @@ def _ask(judge, tokenizer, contents, max_new_tokens: int, prefix: str, batch_siz
     """The judge's replies. Its turn is started with `prefix` ("Score:"), a common way to steer the
     format; the prefix is part of the reply that gets parsed. With `replies` (a `JudgeReplies`), a recorded call with
     the same prompts is reused."""
-    texts = [(tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
-              if getattr(tokenizer, "chat_template", None) else c + "\n") + prefix for c in contents]
+    chat = getattr(tokenizer, "chat_template", None)
+    texts = [(tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False,
+                                            add_generation_prompt=True) if chat else c + "\n") + prefix
+             for c in contents]
     ask = complete if replies is None else replies.complete
     return [prefix + " " + r for r in ask(judge, tokenizer, texts, max_new_tokens, batch_size)]
 
@@ -739,7 +743,8 @@ class JudgeReplies:
                 for c, call in enumerate(self.calls) for i, (k, r) in enumerate(zip(call["keys"], call["replies"]))]
 
 
-def judge_scores(judge, tokenizer, instructions, references, answers, judge_replies: JudgeReplies | None = None) -> dict:
+def judge_scores(judge, tokenizer, instructions, references, answers,
+                 judge_replies: JudgeReplies | None = None) -> dict:
     """Rubric scores 1-5 per answer. A reply that does not parse is None and is counted, never guessed. With
     `judge_replies`, a recorded call with the same prompts is reused (`JudgeReplies`)."""
     replies = _ask(judge, tokenizer, [SCORE_PROMPT.format(instruction=_clip(i), reference=_clip(r), answer=_clip(a))
@@ -1530,7 +1535,8 @@ def base_model_side(model, tokenizer, base, holdout, val_enc, eval_rows, new_tok
         return [sum(label != -100 for label in row["labels"][1:]) for row in split]
 
     differs = [what for what, same in (
-        ("NEW_TOKENS", base.settings.get("new tokens") == new_tokens), ("TEMPLATE", base.settings.get("template") == template),
+        ("NEW_TOKENS", base.settings.get("new tokens") == new_tokens),
+        ("TEMPLATE", base.settings.get("template") == template),
         ("the holdout rows (N_LOSS, MAX_LEN)", [n for _, n in base.losses] == graded(holdout)),
         ("the validation rows (N_VAL, MAX_LEN)", [n for _, n in base.validation_losses] == graded(val_enc)),
         ("the instructions answered (N_EVAL)", base.instructions == [r["instruction"] for r in eval_rows])) if not same]

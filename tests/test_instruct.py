@@ -213,7 +213,8 @@ def test_recorded_judge_calls_are_reused_checked_on_their_last_batch_and_other_c
     recording = instruct.JudgeReplies()
     recorded = instruct.judge_scores(model, tok, ins, refs, answers, recording)
     rows = recording.rows()
-    assert sum(recording.asked_now.values()) == 6 and len(rows) == 6 and {(r["part"], r["batch"]) for r in rows} == {("judge", 4)}
+    assert sum(recording.asked_now.values()) == 6 and len(rows) == 6
+    assert {(r["part"], r["batch"]) for r in rows} == {("judge", 4)}
     reread = instruct.JudgeReplies(instruct.judge_calls(rows))
     prompts = asked.pop()
     assert instruct.judge_scores(model, tok, ins, refs, answers, reread) == recorded
@@ -221,7 +222,8 @@ def test_recorded_judge_calls_are_reused_checked_on_their_last_batch_and_other_c
     assert asked[0] == [prompts[i] for i in instruct.longest_first(tok, prompts)[-2:]]
     assert list(reread.reused.values()) == [{"replies": 6, "identical": 2, "checked": 2, "batches": (4, 4)}]
     assert not reread.asked_now and "at a time" not in reread.line
-    assert "6 replies from the recording (each call's shortest prompts asked again now: 2 of 2 identical)" in reread.line
+    assert ("6 replies from the recording (each call's shortest prompts asked again now: 2 of 2 identical)"
+            in reread.line)
     instruct.judge_scores(model, tok, ins, refs, answers, reread)     # the cell run again: counted once
     assert len(reread.reused) == 1 and reread.checked == 2
     recorded_at_8 = instruct.JudgeReplies(instruct.judge_calls([{**r, "batch": 8} for r in rows]))

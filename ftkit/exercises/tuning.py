@@ -176,8 +176,8 @@ def _epoch_of_lowest_training_loss(run):
                 hint="Train on few sentences for several epochs with `validation=validation` (scored every epoch): "
                      "`few = {**encoded, 'train': data.take(encoded['train'], 100, stratify='label')}`, then "
                      "`tuning.fine_tune(cfg, few, tokenizer, label_names, 0, epochs=6, learning_rate=2e-4, "
-                     "validation=validation, eval_every='epoch', score_on=None, max_steps=-1, warmup_steps=WARMUP)`. The best epoch is the 'epoch' of the entry of "
-                     "`my_run.eval_history` with the lowest 'loss'.")
+                     "validation=validation, eval_every='epoch', score_on=None, max_steps=-1, warmup_steps=WARMUP)`. "
+                     "The best epoch is the 'epoch' of the entry of `my_run.eval_history` with the lowest 'loss'.")
 def q3(my_experiment):
     """my_experiment = (my_run, my_best_epoch): a RunResult validated every epoch for at least 3 epochs, and the epoch
     of its lowest validation loss."""
